@@ -1,0 +1,48 @@
+"""The ``pgpo`` command: ``pgpo <command> [args]``. Each command lives in its own module with ``main(argv) -> int``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help). Modules are imported lazily so `pgpo --help` is instant.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("pgpo.commands.train", "RL-train a VLM with PGPO / GRPO / DAPO / Dr.GRPO / VPPO (TRL style, accelerate-ready)"),
+    "demo": ("pgpo.commands.demo", "embedded default: warm-start a small real VLM, then GRPO vs PGPO on this CPU"),
+    "compare": ("pgpo.commands.compare", "the demo over several seeds and algorithms, mean +- sd"),
+    "eval": ("pgpo.commands.eval", "evaluate a model on multimodal reasoning benchmarks (accuracy@k)"),
+    "inspect": ("pgpo.commands.inspect", "per-token visual dependency of one answer, as HTML + PNG"),
+    "bench": ("pgpo.commands.bench", "measure PGPO's cost over GRPO (time and memory ratios)"),
+    "make-tiny": ("pgpo.commands.make_tiny", "save the tiny random Qwen2.5-VL (real tokenizer) to a folder"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: pgpo <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `pgpo <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"pgpo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("pgpo.commands"):
+            print(f"pgpo {name}: not built yet in this version", file=sys.stderr)
+            return 2
+        raise
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

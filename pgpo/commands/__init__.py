@@ -1,0 +1,1 @@
+"""One module per `pgpo` sub-command, each with `main(argv) -> int`."""

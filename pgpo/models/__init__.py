@@ -1,0 +1,1 @@
+"""Model builders that work offline (tests, benchmarks, the embedded demo)."""
