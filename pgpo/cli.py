@@ -7,7 +7,10 @@ import sys
 
 # command -> (module, one-line help). Modules are imported lazily so `pgpo --help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("pgpo.commands.train", "RL-train a VLM with PGPO / GRPO / DAPO / Dr.GRPO / VPPO (TRL style, accelerate-ready)"),
+    "train": (
+        "pgpo.commands.train",
+        "RL-train a VLM with PGPO / GRPO / DAPO / Dr.GRPO / VPPO (TRL style, accelerate-ready)",
+    ),
     "demo": ("pgpo.commands.demo", "embedded default: warm-start a small real VLM, then GRPO vs PGPO on this CPU"),
     "compare": ("pgpo.commands.compare", "the demo over several seeds and algorithms, mean +- sd"),
     "eval": ("pgpo.commands.eval", "evaluate a model on multimodal reasoning benchmarks (accuracy@k)"),

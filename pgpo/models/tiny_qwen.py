@@ -57,12 +57,15 @@ def build_tiny_qwen25vl(seed: int = 0, hidden_size: int = 64, num_layers: int = 
 
     processor = processor or build_tiny_qwen25vl_processor()
     tok = processor.tokenizer
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
-        ("image_token_id", "<|image_pad|>"),
-        ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"),
-        ("vision_end_token_id", "<|vision_end|>"),
-    ]}
+    ids = {
+        name: tok.convert_tokens_to_ids(t)
+        for name, t in [
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        ]
+    }
     heads = 4
     config = Qwen2_5_VLConfig(
         text_config=dict(

@@ -1,0 +1,225 @@
+"""Token visual dependency: ``S_t = KL(pi(.|I, q, o_<t) || pi(.|q, o_<t))`` for every completion token.
+
+Two layers:
+
+* :func:`token_kl` / :func:`token_kl_from_hidden` are pure tensor functions. They take the image-conditioned and the
+  text-only next-token scores of the same completion positions and return the per-token KL over the full vocabulary,
+  computed in float32 log-space and in chunks of ``chunk_size`` valid tokens, so the extra memory is bounded by one
+  chunk (two ``chunk x V`` float32 slices plus their log-softmax), never by ``B x T x V``.
+* :func:`compute_visual_dependency` runs the two no-grad forwards of a Hugging Face VLM (with the image, and on the
+  text-only batch of :mod:`pgpo.inputs`) and returns ``[B, T_completion]`` scores aligned to the completion tokens.
+  When the model exposes ``base_model`` + ``get_output_embeddings()`` (every HF ``*ForConditionalGeneration`` /
+  ``*ForCausalLM``), only the backbone's hidden states are kept and the LM head is applied chunk by chunk, so the
+  ``B x T x V`` logits are never materialised at all. The image-conditioned log-probability of each sampled token comes
+  out of the same pass (``return_logps=True``), so a trainer can use it as the old-policy log-prob instead of running the
+  image-conditioned forward a second time.
+
+Direction and conventions (paper, Sec. 3; see docs/method.md): KL(image || text-only); scored without gradient by the
+policy that sampled the rollouts; temperature applied to both distributions when the trainer samples at ``T != 1``;
+padding / prompt positions are exactly 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CHUNK_SIZE = 1024
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, what: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: image-conditioned shape {tuple(a.shape)} != text-only shape {tuple(b.shape)}")
+    if mask is not None and tuple(mask.shape) != tuple(a.shape[:-1]):
+        raise ValueError(f"{what}: mask shape {tuple(mask.shape)} does not match the token dims {tuple(a.shape[:-1])}")
+
+
+def _log_probs(rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 log-softmax of a ``[n, V]`` chunk; ``rows`` must be a fresh copy (it is scaled in place)."""
+    rows = rows.float()
+    if temperature != 1.0:
+        rows.div_(temperature)
+    if not torch.isfinite(rows).all():
+        raise ValueError("visual dependency: non-finite logits (NaN or inf) in the scored completion positions")
+    return torch.log_softmax(rows, dim=-1)
+
+
+def _kl_rows(logp: torch.Tensor, txt: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p || softmax(txt)) per row of a ``[n, V]`` chunk, in float32, from ``logp = log p`` (consumed in place).
+
+    Memory: at most three ``n x V`` float32 buffers are alive at once (log p, log q, and one transient), because the
+    difference and ``p`` are formed in place and the final sum is a row-wise dot product.
+    """
+    diff = _log_probs(txt, temperature)  # log q
+    del txt
+    diff.neg_().add_(logp)  # log p - log q
+    p = logp.exp_()  # p, in place of log p
+    kl = torch.linalg.vecdot(p, diff)
+    # Rounding can give -1e-8 for identical rows; KL is >= 0 by definition.
+    return kl.clamp_min_(0.0)
+
+
+def token_kl(
+    logits_img: torch.Tensor,
+    logits_txt: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token ``KL(softmax(logits_img) || softmax(logits_txt))`` over the last (vocabulary) dim.
+
+    Args:
+        logits_img, logits_txt: ``[..., V]`` scores of the same positions, with and without the image.
+        mask: ``[...]`` bool/0-1; positions where it is 0 are not computed and are exactly 0 in the output.
+        chunk_size: number of valid tokens per chunk; peak extra memory is O(chunk_size * V).
+        temperature: divides both logits (use the sampling temperature of the rollouts).
+
+    Returns:
+        ``[...]`` float32 dependency, >= 0, 0 on masked positions.
+    """
+    _check_pair(logits_img, logits_txt, mask, "token_kl")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    lead = logits_img.shape[:-1]
+    vocab = logits_img.shape[-1]
+    flat_img = logits_img.reshape(-1, vocab)
+    flat_txt = logits_txt.reshape(-1, vocab)
+    out = torch.zeros(flat_img.shape[0], dtype=torch.float32, device=logits_img.device)
+    idx = torch.arange(flat_img.shape[0], device=logits_img.device)
+    if mask is not None:
+        idx = idx[mask.reshape(-1).bool()]
+    for start in range(0, idx.numel(), chunk_size):
+        rows = idx[start : start + chunk_size]
+        out[rows] = _kl_rows(_log_probs(flat_img[rows], temperature), flat_txt[rows], temperature)
+    return out.reshape(lead)
+
+
+def token_kl_from_hidden(
+    hidden_img: torch.Tensor,
+    hidden_txt: torch.Tensor,
+    lm_head: Callable[[torch.Tensor], torch.Tensor],
+    mask: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+    target_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Like :func:`token_kl`, but from ``[B, T, H]`` hidden states: the LM head is applied one chunk at a time.
+
+    If ``target_ids`` (``[B, T]``) is given, also returns the image-conditioned log-prob of those tokens (the old-policy
+    log-probs of the sampled completion), taken from the same logits; otherwise the second value is ``None``.
+    """
+    _check_pair(hidden_img, hidden_txt, mask, "token_kl_from_hidden")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    lead = hidden_img.shape[:-1]
+    flat_img = hidden_img.reshape(-1, hidden_img.shape[-1])
+    flat_txt = hidden_txt.reshape(-1, hidden_txt.shape[-1])
+    dep = torch.zeros(flat_img.shape[0], dtype=torch.float32, device=hidden_img.device)
+    logps = None if target_ids is None else torch.zeros_like(dep)
+    flat_targets = None if target_ids is None else target_ids.reshape(-1)
+    idx = torch.arange(flat_img.shape[0], device=hidden_img.device)
+    if mask is not None:
+        idx = idx[mask.reshape(-1).bool()]
+    for start in range(0, idx.numel(), chunk_size):
+        rows = idx[start : start + chunk_size]
+        logp = _log_probs(lm_head(flat_img[rows]), temperature)
+        if logps is not None:
+            logps[rows] = logp.gather(-1, flat_targets[rows, None]).squeeze(-1)
+        dep[rows] = _kl_rows(logp, lm_head(flat_txt[rows]), temperature)
+    return dep.reshape(lead), None if logps is None else logps.reshape(lead)
+
+
+@dataclass
+class DependencyOutput:
+    """Result of :func:`compute_visual_dependency` (all ``[B, T_completion]``)."""
+
+    scores: torch.Tensor  # float32 KL per completion token, 0 where completion_mask is 0
+    completion_mask: torch.Tensor  # the mask the scores were computed on
+    logps: torch.Tensor | None = None  # image-conditioned log-prob of each completion token (old-policy log-probs)
+
+
+def _unwrap(model):
+    """The underlying ``PreTrainedModel`` of a PEFT / DDP / compiled wrapper (the wrapper's forward is kept)."""
+    inner = model
+    for attr in ("module", "_orig_mod"):
+        inner = getattr(inner, attr, inner)
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    return inner
+
+
+def _hidden_and_head(model):
+    """Return ``(backbone, lm_head)`` when the model splits like HF causal LMs do, else ``None``."""
+    inner = _unwrap(model)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    backbone = getattr(inner, "base_model", None)
+    if head is None or backbone is None or backbone is inner:
+        return None
+    return backbone, head
+
+
+def _completion_states(model, batch: dict, logits_to_keep: int, split) -> torch.Tensor:
+    """Hidden states (or logits, without ``split``) at the positions that predict the last ``logits_to_keep`` tokens."""
+    if split is not None:
+        backbone, _ = split
+        hidden = backbone(**batch, use_cache=False).last_hidden_state
+    else:
+        hidden = model(**batch, use_cache=False, logits_to_keep=logits_to_keep + 1).logits
+    return hidden[:, -logits_to_keep - 1 : -1]
+
+
+@torch.no_grad()
+def compute_visual_dependency(
+    model,
+    batch: dict,
+    text_batch: dict,
+    logits_to_keep: int,
+    completion_mask: torch.Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+    return_logps: bool = False,
+) -> DependencyOutput:
+    """Per-token visual dependency of the completions in a processed VLM batch.
+
+    Args:
+        model: any HF VLM (or a PEFT / accelerate wrapper of one).
+        batch: model inputs with the image: ``input_ids`` ``[B, P+T]`` whose last ``logits_to_keep`` columns are the
+            completion, ``attention_mask`` and the image tensors (``pixel_values``, ``image_grid_thw``, ...).
+        text_batch: the text-only inputs for the same completions (see :func:`pgpo.inputs.build_text_only_batch`);
+            its last ``logits_to_keep`` columns must be the same completion tokens.
+        logits_to_keep: completion length ``T``.
+        completion_mask: ``[B, T]``; 0 marks padding after EOS.
+        chunk_size: valid tokens per KL chunk.
+        temperature: sampling temperature of the rollouts (applied to both distributions).
+        return_logps: also return the image-conditioned log-probs of the completion tokens.
+    """
+    ids, tids = batch["input_ids"], text_batch["input_ids"]
+    if ids.shape[0] != tids.shape[0]:
+        raise ValueError(f"batch size mismatch: {ids.shape[0]} with image, {tids.shape[0]} text-only")
+    if logits_to_keep < 1 or logits_to_keep > min(ids.shape[1], tids.shape[1]) - 1:
+        raise ValueError(f"logits_to_keep={logits_to_keep} does not fit sequences of length {ids.shape[1]}")
+    completion = ids[:, -logits_to_keep:]
+    if not torch.equal(completion, tids[:, -logits_to_keep:]):
+        raise ValueError("the text-only batch's completion tokens differ from the image-conditioned batch's")
+    if tuple(completion_mask.shape) != tuple(completion.shape):
+        raise ValueError(
+            f"completion_mask shape {tuple(completion_mask.shape)} != completion {tuple(completion.shape)}"
+        )
+
+    split = _hidden_and_head(model)
+    h_img = _completion_states(model, batch, logits_to_keep, split)
+    h_txt = _completion_states(model, text_batch, logits_to_keep, split)
+    mask = completion_mask.bool()
+    if split is not None:
+        scores, logps = token_kl_from_hidden(
+            h_img, h_txt, split[1], mask, chunk_size, temperature, completion if return_logps else None
+        )
+    else:
+        scores = token_kl(h_img, h_txt, mask, chunk_size, temperature)
+        logps = None
+        if return_logps:
+            lp = torch.log_softmax(h_img.float() / temperature, dim=-1)
+            logps = lp.gather(-1, completion[..., None]).squeeze(-1) * mask
+    return DependencyOutput(scores=scores, completion_mask=completion_mask, logps=logps)

@@ -1,0 +1,122 @@
+"""Visual dependency: exact KL against a float64 brute force, chunking, memory bound, bad input."""
+
+import pytest
+import torch
+
+from pgpo.dependency import token_kl, token_kl_from_hidden
+
+
+def brute_kl(a, b):
+    """Float64 reference: sum_v p (log p - log q), written out from the definition."""
+    a, b = a.double(), b.double()
+    p = torch.exp(a - torch.logsumexp(a, -1, keepdim=True))
+    q = torch.exp(b - torch.logsumexp(b, -1, keepdim=True))
+    return (p * (torch.log(p) - torch.log(q))).sum(-1)
+
+
+def test_matches_float64_bruteforce():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 7, 500, generator=g) * 4
+    b = torch.randn(3, 7, 500, generator=g) * 4
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    got = token_kl(a, b, mask, chunk_size=4)
+    ref = brute_kl(a, b) * mask
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+    assert (got[~mask] == 0).all()
+
+
+def test_direction_is_image_given_text():
+    a = torch.tensor([[5.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0, 0.0]])
+    forward, backward = token_kl(a, b), token_kl(b, a)
+    torch.testing.assert_close(forward.double(), brute_kl(a, b), atol=1e-6, rtol=0)
+    assert not torch.allclose(forward, backward)
+
+
+def test_identical_distributions_give_zero_and_bf16_inputs_work():
+    a = torch.randn(2, 5, 64).to(torch.bfloat16)
+    out = token_kl(a, a.clone())
+    assert (out == 0).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_chunked_equals_unchunked(chunk):
+    a, b = torch.randn(2, 9, 300), torch.randn(2, 9, 300)
+    torch.testing.assert_close(token_kl(a, b, chunk_size=chunk), token_kl(a, b, chunk_size=10**6), atol=0, rtol=0)
+
+
+def test_extreme_but_finite_logits_stay_finite():
+    a = torch.tensor([[[1e4, -1e4, 0.0]]])
+    b = torch.tensor([[[-1e4, 1e4, 0.0]]])
+    out = token_kl(a, b)
+    assert torch.isfinite(out).all() and out.item() > 1e3
+
+
+def test_temperature_applies_to_both_and_leaves_inputs_untouched():
+    a, b = torch.randn(4, 50), torch.randn(4, 50)
+    a0, b0 = a.clone(), b.clone()
+    torch.testing.assert_close(token_kl(a, b, temperature=2.0).double(), brute_kl(a / 2, b / 2), atol=1e-5, rtol=1e-5)
+    assert torch.equal(a, a0) and torch.equal(b, b0)
+
+
+def test_from_hidden_matches_logits_path_and_returns_logps():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 200, bias=False)
+    h1, h2 = torch.randn(2, 6, 16), torch.randn(2, 6, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    targets = torch.randint(0, 200, (2, 6))
+    with torch.no_grad():
+        dep, logps = token_kl_from_hidden(h1, h2, head, mask, chunk_size=5, temperature=0.7, target_ids=targets)
+        ref = token_kl(head(h1), head(h2), mask, temperature=0.7)
+        ref_lp = torch.log_softmax(head(h1) / 0.7, -1).gather(-1, targets[..., None]).squeeze(-1) * mask
+    torch.testing.assert_close(dep, ref)
+    torch.testing.assert_close(logps, ref_lp)
+
+
+@pytest.mark.parametrize(
+    "a,b,mask,msg",
+    [
+        (torch.zeros(2, 3, 5), torch.zeros(2, 4, 5), None, "shape"),
+        (torch.zeros(2, 3, 5), torch.zeros(2, 3, 5), torch.ones(2, 4), "mask shape"),
+        (torch.full((1, 2, 5), float("nan")), torch.zeros(1, 2, 5), None, "non-finite"),
+        (torch.zeros(1, 2, 5), torch.full((1, 2, 5), float("inf")), None, "non-finite"),
+    ],
+)
+def test_bad_input_raises_clear_error(a, b, mask, msg):
+    with pytest.raises(ValueError, match=msg):
+        token_kl(a, b, mask)
+
+
+def test_nonfinite_on_masked_positions_is_ignored():
+    a, b = torch.zeros(1, 3, 5), torch.zeros(1, 3, 5)
+    a[0, 2] = float("nan")
+    out = token_kl(a, b, torch.tensor([[1, 1, 0]]))
+    assert torch.isfinite(out).all() and out[0, 2] == 0
+
+
+def _peak_cpu_bytes(fn):
+    """Peak of live CPU tensor bytes allocated while ``fn`` runs (PyTorch profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Each op's own allocations (self_cpu_memory_usage, frees included), replayed in start order.
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def test_peak_memory_is_bounded_by_one_chunk():
+    """chunk_size=1: extra memory < 2x one chunk's logits (image + text-only row, float32); full would be ~T x more."""
+    T, V = 64, 50_000
+    a, b = torch.randn(1, T, V), torch.randn(1, T, V)
+    one_chunk = 2 * V * 4  # the image-conditioned and text-only logits of one token, float32
+    peak_chunked = _peak_cpu_bytes(lambda: token_kl(a, b, chunk_size=1))
+    peak_full = _peak_cpu_bytes(lambda: token_kl(a, b, chunk_size=T))
+    assert peak_chunked < 2 * one_chunk, (peak_chunked, one_chunk)
+    assert peak_full > 10 * peak_chunked  # the measurement can see the difference
