@@ -38,6 +38,11 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, wha
 
 def _log_probs(rows: torch.Tensor, temperature: float) -> torch.Tensor:
     """float32 log-softmax of a ``[n, V]`` chunk; ``rows`` must be a fresh copy (it is scaled in place)."""
+    with torch.autocast(device_type=rows.device.type, enabled=False):
+        return _log_probs_fp32(rows, temperature)
+
+
+def _log_probs_fp32(rows: torch.Tensor, temperature: float) -> torch.Tensor:
     rows = rows.float()
     if temperature != 1.0:
         rows.div_(temperature)
@@ -54,9 +59,10 @@ def _kl_rows(logp: torch.Tensor, txt: torch.Tensor, temperature: float) -> torch
     """
     diff = _log_probs(txt, temperature)  # log q
     del txt
-    diff.neg_().add_(logp)  # log p - log q
-    p = logp.exp_()  # p, in place of log p
-    kl = torch.linalg.vecdot(p, diff)
+    with torch.autocast(device_type=diff.device.type, enabled=False):
+        diff.neg_().add_(logp)  # log p - log q
+        p = logp.exp_()  # p, in place of log p
+        kl = torch.linalg.vecdot(p, diff)
     # Rounding can give -1e-8 for identical rows; KL is >= 0 by definition.
     return kl.clamp_min_(0.0)
 

@@ -1,0 +1,152 @@
+"""``pgpo train --config FILE.yaml [--key value ...]``: TRL-style training with PGPO and its baselines.
+
+Works unchanged under ``accelerate launch`` (DDP / DeepSpeed / FSDP configs), with TRL's vLLM options
+(``--use_vllm --vllm_mode colocate|server``), PEFT/LoRA through ``ModelConfig``'s ``--use_peft --lora_r ...``
+(or a ``peft:`` section in the YAML), and ``--resume_from_checkpoint``. ``--algorithm grpo|dapo|dr_grpo|vppo|pgpo``
+applies a preset (:data:`pgpo.config.ALGORITHM_PRESETS`) before explicit options, so any field can still be overridden.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+
+from pgpo.config import ALGORITHM_PRESETS, ALGORITHMS, PGPOConfig
+
+
+@dataclass
+class PGPOScriptArguments:
+    """Data, rewards and algorithm of a ``pgpo train`` run."""
+
+    dataset: str = field(
+        default="tasks",
+        metadata={
+            "help": "Training data: 'tasks' (pgpo's procedural visual tasks), 'easy_vqa', a folder saved with "
+            "datasets' save_to_disk, a .jsonl file (with an image folder next to it), or a parquet/ViRL39K file."
+        },
+    )
+    dataset_size: int = field(default=512, metadata={"help": "Samples drawn for 'tasks' / 'easy_vqa'."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to read from a saved DatasetDict."})
+    prompt_template: str = field(
+        default="short",
+        metadata={"help": "'short' (answer in a word/number) or 'think' (the paper's think-then-\\boxed{} template)."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy"],
+        metadata={"help": "Reward functions: 'accuracy', 'format', or dotted import paths (module.function)."},
+    )
+    algorithm: str | None = field(
+        default=None,
+        metadata={"help": f"Preset applied before explicit options: one of {', '.join(ALGORITHMS)}."},
+    )
+
+
+def reward_functions(names: list[str]):
+    from pgpo import rewards
+
+    registry = {"accuracy": rewards.accuracy_reward, "format": rewards.format_reward}
+    funcs = []
+    for name in names:
+        if name in registry:
+            funcs.append(registry[name])
+        elif "." in name:
+            module, attr = name.rsplit(".", 1)
+            sys.path.insert(0, os.getcwd())
+            funcs.append(getattr(importlib.import_module(module), attr))
+        else:
+            raise ValueError(f"unknown reward function {name!r}: use one of {sorted(registry)} or module.function")
+    return funcs
+
+
+def load_training_data(script_args: PGPOScriptArguments, seed: int):
+    """The training dataset in TRL's conversational multimodal format (prompt, image(s), answer)."""
+    source = script_args.dataset
+    if source == "tasks":
+        from pgpo.tasks import make_split, to_hf_dataset
+
+        return to_hf_dataset(make_split("train", script_args.dataset_size, seed=seed))
+    if source == "easy_vqa":
+        from pgpo.tasks import load_easy_vqa, to_hf_dataset
+
+        return to_hf_dataset(load_easy_vqa("train", script_args.dataset_size, seed=seed))
+    from pgpo import data
+
+    return data.load_training_data(source, split=script_args.dataset_split, template=script_args.prompt_template)
+
+
+def _apply_preset(argv: list[str]) -> list[str]:
+    """Turn ``--algorithm X`` (CLI or YAML) into preset defaults placed before the user's own options."""
+    import yaml
+
+    algorithm = None
+    if "--algorithm" in argv:
+        algorithm = argv[argv.index("--algorithm") + 1]
+    elif "--config" in argv:
+        with open(argv[argv.index("--config") + 1]) as f:
+            algorithm = (yaml.safe_load(f) or {}).get("algorithm")
+    if algorithm is None:
+        return argv
+    if algorithm not in ALGORITHM_PRESETS:
+        raise SystemExit(f"pgpo train: --algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    preset = []
+    for key, value in ALGORITHM_PRESETS[algorithm].items():
+        if f"--{key}" in argv:
+            continue
+        preset += [f"--{key}", str(value)]
+    return preset + argv
+
+
+def make_parser():
+    from trl import ModelConfig, TrlParser
+
+    return TrlParser((PGPOScriptArguments, PGPOConfig, ModelConfig), prog="pgpo train")
+
+
+def build_trainer(script_args, training_args, model_args):
+    """Model, processor, data, rewards and PEFT, then :class:`pgpo.trainer.PGPOTrainer`."""
+    from trl import get_peft_config
+
+    from pgpo.trainer import PGPOTrainer
+
+    if not model_args.model_name_or_path:
+        raise SystemExit("pgpo train: --model_name_or_path is required (a hub id or a local folder)")
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    model_init_kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
+    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+    model = model_args.model_name_or_path
+    processing_class = None
+    if os.path.isdir(model) and os.path.exists(os.path.join(model, "pgpo_vlm.json")):
+        from pgpo.vlm import load_pgpo_vlm
+
+        model, processing_class = load_pgpo_vlm(model)
+    dataset = load_training_data(script_args, seed=training_args.seed)
+    return PGPOTrainer(
+        model=model,
+        reward_funcs=reward_functions(script_args.reward_funcs),
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processing_class,
+        peft_config=get_peft_config(model_args),
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = make_parser()
+    if any(a in ("-h", "--help") for a in argv):
+        parser.parse_args_and_config(["--help"])
+        return 0
+    script_args, training_args, model_args = parser.parse_args_and_config(_apply_preset(argv))
+    trainer = build_trainer(script_args, training_args, model_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"pgpo train: model saved to {training_args.output_dir}")
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return 0

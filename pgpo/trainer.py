@@ -1,0 +1,248 @@
+"""``PGPOTrainer``: TRL's ``GRPOTrainer`` with per-token advantages shaped by visual dependency.
+
+What changes relative to TRL (everything else — generation, vLLM, rewards, group advantages, the clipped loss and its
+aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints — is TRL's own code path):
+
+1. After the rollouts are scored, the visual dependency of every completion token is computed without gradient by the
+   rollout policy (:func:`pgpo.dependency.compute_visual_dependency`). When TRL runs its no-grad old-log-prob pass
+   (``gradient_accumulation_steps`` not a multiple of ``steps_per_generation * num_iterations``, or vLLM importance
+   sampling), PGPO piggybacks on it: the same image-conditioned forward gives TRL its old log-probs and PGPO its
+   ``p_image``, so that forward is not run twice. Otherwise PGPO runs it once itself.
+2. TRL's per-sequence advantages ``[B]`` are replaced by per-token advantages ``[B, T]`` (:mod:`pgpo.shaping`); TRL's
+   ``_compute_loss`` accepts ``[B, T]`` advantages as they are.
+3. Metrics: dependency mean / quantiles, gated fraction, mean weight on gated / ungated tokens, and a running variance
+   of the gradient norm across optimizer steps (Welford; ``grad_norm/running_var``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import torch
+from trl import GRPOTrainer
+
+from pgpo.config import PGPOConfig
+from pgpo.dependency import compute_visual_dependency
+from pgpo.inputs import build_text_only_batch, image_token_spec
+from pgpo.shaping import pgpo_shape, vppo_shape
+
+PGPO_STATE_FILE = "pgpo_state.json"
+
+
+class _DependencyScorer:
+    """Stands in for the model inside TRL's ``_get_per_token_logps_and_entropies``.
+
+    TRL slices the batch (and the image tensors) per micro-batch and calls ``model(**inputs, labels=..,
+    fused_lm_head=True)``; this object receives exactly those sliced inputs, computes the visual dependency and the
+    image-conditioned log-probs from one forward with the image and one text-only forward, keeps the dependency, and
+    returns the log-probs in the shape TRL's fused head would.
+    """
+
+    def __init__(self, trainer: PGPOTrainer, model, logits_to_keep: int):
+        self.trainer, self.model, self.logits_to_keep = trainer, model, logits_to_keep
+        self.scores: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, attention_mask, labels=None, fused_lm_head=True, **kwargs):
+        K = self.logits_to_keep
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
+        batch.pop("output_router_logits", None)
+        text = self.trainer._text_only(batch, K)
+        out = compute_visual_dependency(
+            self.model,
+            batch,
+            text,
+            K,
+            attention_mask[:, -K:],
+            chunk_size=self.trainer.args.dependency_chunk_size,
+            temperature=self.trainer.temperature,
+            return_logps=True,
+        )
+        self.scores.append(out.scores)
+        log_probs = out.logps.new_zeros(input_ids.shape[0], input_ids.shape[1] - 1)
+        log_probs[:, -K:] = out.logps
+        return SimpleNamespace(log_probs=log_probs, entropy=None, aux_loss=None)
+
+
+class PGPOTrainer(GRPOTrainer):
+    """GRPO/DAPO/Dr.GRPO (``advantage_shaping='none'``), PGPO (``'pgpo'``) or VPPO (``'vppo'``) on TRL.
+
+    Takes exactly ``GRPOTrainer``'s arguments; ``args`` is a :class:`pgpo.config.PGPOConfig`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, PGPOConfig):
+            raise TypeError(f"PGPOTrainer needs a PGPOConfig, got {type(self.args).__name__}")
+        self._pgpo_scores: torch.Tensor | None = None
+        self._pgpo_capture = False
+        self._grad_norm_stats = {"n": 0, "mean": 0.0, "m2": 0.0}
+        self._image_spec = None
+
+    # ----------------------------------------------------------------------------------------------- dependency
+    @property
+    def _scores_dependency(self) -> bool:
+        return self.args.advantage_shaping != "none" or self.args.log_visual_dependency
+
+    def _text_only(self, batch: dict, logits_to_keep: int) -> dict:
+        if self._image_spec is None:
+            model = self.accelerator.unwrap_model(self.model)
+            if hasattr(model, "get_base_model"):
+                model = model.get_base_model()
+            self._image_spec = image_token_spec(model.config)
+        return build_text_only_batch(
+            batch,
+            logits_to_keep,
+            self._image_spec,
+            self._tokenizer.pad_token_id,
+            mode=self.args.text_only_mode,
+            noise_seed=self.state.global_step,
+        )
+
+    def _trl_runs_old_logps_pass(self) -> bool:
+        """Mirror of the condition under which TRL computes old log-probs in ``_generate_and_score_completions``."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        if self._pgpo_capture and model is self.model and not kwargs.get("compute_entropy", False):
+            self._pgpo_capture = False  # only the first (old-policy) pass; the reference pass comes after it
+            scorer = _DependencyScorer(self, model, logits_to_keep)
+            out = super()._get_per_token_logps_and_entropies(
+                scorer, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+            self._pgpo_scores = torch.cat(scorer.scores, dim=0)
+            return out
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
+
+    def _score_output(self, output: dict) -> torch.Tensor:
+        """Dependency for a generation batch when TRL did not run a no-grad pass we could share."""
+        prompt_completion_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        keys = (
+            "pixel_values",
+            "image_grid_thw",
+            "num_images",
+            "pixel_attention_mask",
+            "spatial_shapes",
+            "num_tiles",
+            "image_sizes",
+            "token_type_ids",
+            "mm_token_type_ids",
+            "image_position_ids",
+        )
+        extra = {k: output[k] for k in keys if k in output}
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        self._pgpo_capture = True
+        with torch.no_grad():
+            self._get_per_token_logps_and_entropies(
+                self.model,
+                prompt_completion_ids,
+                attention_mask,
+                output["completion_ids"].size(1),
+                batch_size=batch_size,
+                **extra,
+            )
+        return self._pgpo_scores
+
+    # ----------------------------------------------------------------------------------------------- advantages
+    def _generate_and_score_completions(self, inputs):
+        self._pgpo_scores = None
+        self._pgpo_capture = self._scores_dependency and self._trl_runs_old_logps_pass()
+        output = super()._generate_and_score_completions(inputs)
+        self._pgpo_capture = False
+        mode = "train" if self.model.training else "eval"
+        mask = output["completion_mask"]
+        if "tool_mask" in output:
+            mask = mask * output["tool_mask"]
+
+        if self.args.filter_zero_advantage:
+            keep = (output["advantages"] != 0).to(output["completion_mask"].dtype)
+            self._metrics[mode]["dapo/frac_filtered"].append(1.0 - keep.float().mean().item())
+            output["completion_mask"] = output["completion_mask"] * keep[:, None]
+            mask = mask * keep[:, None]
+
+        if not self._scores_dependency:
+            return output
+        scores = self._pgpo_scores if self._pgpo_scores is not None else self._score_output(output)
+        self._pgpo_scores = None
+        self._log_dependency(scores, mask, mode)
+
+        shaping = self.args.advantage_shaping
+        if shaping == "none":
+            return output
+        if shaping == "pgpo":
+            result = pgpo_shape(output["advantages"], scores, mask, self.args.pgpo_shaping_config())
+        else:
+            result = vppo_shape(output["advantages"], scores, mask, self.args.vppo_shaping_config())
+        output["advantages"] = result.advantages.to(output["advantages"].dtype)
+        self._log_shaping(result, mask, mode)
+        return output
+
+    # ----------------------------------------------------------------------------------------------- metrics
+    def _gathered(self, values: torch.Tensor) -> torch.Tensor:
+        """Valid values of every process (variable length), for exact global quantiles."""
+        return torch.cat(self.accelerator.gather_for_metrics([values.float()], use_gather_object=True))
+
+    def _log_dependency(self, scores: torch.Tensor, mask: torch.Tensor, mode: str) -> None:
+        valid = self._gathered(scores[mask.bool()].detach().cpu())
+        if valid.numel() == 0:
+            return
+        m = self._metrics[mode]
+        m["dependency/mean"].append(valid.mean().item())
+        for q in (0.5, 0.9, 0.99):
+            m[f"dependency/p{int(q * 100)}"].append(torch.quantile(valid, q).item())
+        m["dependency/max"].append(valid.max().item())
+        # sparsity: share of the total dependency carried by the top 10% of tokens
+        k = max(1, math.ceil(0.1 * valid.numel()))
+        total = valid.sum().item()
+        m["dependency/top10_share"].append(valid.topk(k).values.sum().item() / total if total > 0 else 0.0)
+
+    def _log_shaping(self, result, mask: torch.Tensor, mode: str) -> None:
+        valid = mask.bool()
+        gate = result.gate & valid
+        w = result.weights.detach().float()
+        stats = torch.tensor(
+            [gate.sum(), valid.sum(), (w * gate).sum(), (w * (valid & ~gate)).sum()], dtype=torch.float64
+        )
+        stats = self.accelerator.reduce(stats.to(self.accelerator.device), reduction="sum").cpu()
+        n_gated, n_valid, w_gated, w_ungated = stats.tolist()
+        m = self._metrics[mode]
+        m["shaping/gated_frac"].append(n_gated / max(n_valid, 1.0))
+        m["shaping/weight_gated"].append(w_gated / n_gated if n_gated else float("nan"))
+        m["shaping/weight_ungated"].append(w_ungated / (n_valid - n_gated) if n_valid > n_gated else float("nan"))
+        if not math.isnan(result.threshold):
+            m["shaping/threshold"].append(result.threshold)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        grad_norm = logs.get("grad_norm")
+        if grad_norm is not None and self.model.training and math.isfinite(float(grad_norm)):
+            s = self._grad_norm_stats  # Welford's running mean / variance of the grad norm over optimizer steps
+            s["n"] += 1
+            delta = float(grad_norm) - s["mean"]
+            s["mean"] += delta / s["n"]
+            s["m2"] += delta * (float(grad_norm) - s["mean"])
+            logs["grad_norm/running_mean"] = s["mean"]
+            logs["grad_norm/running_var"] = s["m2"] / (s["n"] - 1) if s["n"] > 1 else 0.0
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            with open(os.path.join(folder, PGPO_STATE_FILE), "w") as f:
+                json.dump({"grad_norm_stats": self._grad_norm_stats}, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and os.path.exists(os.path.join(checkpoint, PGPO_STATE_FILE)):
+            with open(os.path.join(checkpoint, PGPO_STATE_FILE)) as f:
+                self._grad_norm_stats = json.load(f)["grad_norm_stats"]
