@@ -76,23 +76,55 @@ def load_training_data(script_args: PGPOScriptArguments, seed: int):
     return data.load_training_data(source, split=script_args.dataset_split, template=script_args.prompt_template)
 
 
-def _apply_preset(argv: list[str]) -> list[str]:
-    """Turn ``--algorithm X`` (CLI or YAML) into preset defaults placed before the user's own options."""
+PEFT_KEYS = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "lora_target_modules"}
+
+
+def _flatten_peft(config_path: str) -> str:
+    """A YAML ``peft:`` section (r, alpha, dropout, target_modules, or any ``lora_*`` key) -> TRL ModelConfig keys."""
+    import tempfile
+
     import yaml
 
+    with open(config_path) as f:
+        cfg = yaml.safe_load(f) or {}
+    peft = cfg.pop("peft", None)
+    if peft is None:
+        return config_path
+    if not isinstance(peft, dict):
+        raise SystemExit(f"pgpo train: `peft:` in {config_path} must be a mapping, got {type(peft).__name__}")
+    cfg["use_peft"] = True
+    for key, value in peft.items():
+        cfg[PEFT_KEYS.get(key, key if key.startswith(("lora_", "use_")) else f"lora_{key}")] = value
+    out = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    yaml.safe_dump(cfg, out)
+    out.close()
+    return out.name
+
+
+def _preprocess(argv: list[str]) -> list[str]:
+    """Flatten a ``peft:`` section and turn ``--algorithm X`` (CLI or YAML) into preset defaults placed before the
+    user's own options (so explicit options still win)."""
+    import yaml
+
+    argv = list(argv)
     algorithm = None
+    if "--config" in argv:
+        i = argv.index("--config") + 1
+        argv[i] = _flatten_peft(argv[i])
+        with open(argv[i]) as f:
+            cfg = yaml.safe_load(f) or {}
+        algorithm = cfg.get("algorithm")
+    else:
+        cfg = {}
     if "--algorithm" in argv:
         algorithm = argv[argv.index("--algorithm") + 1]
-    elif "--config" in argv:
-        with open(argv[argv.index("--config") + 1]) as f:
-            algorithm = (yaml.safe_load(f) or {}).get("algorithm")
     if algorithm is None:
         return argv
     if algorithm not in ALGORITHM_PRESETS:
         raise SystemExit(f"pgpo train: --algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     preset = []
     for key, value in ALGORITHM_PRESETS[algorithm].items():
-        if f"--{key}" in argv:
+        if f"--{key}" in argv or key in cfg:
             continue
         preset += [f"--{key}", str(value)]
     return preset + argv
@@ -114,7 +146,7 @@ def build_trainer(script_args, training_args, model_args):
         raise SystemExit("pgpo train: --model_name_or_path is required (a hub id or a local folder)")
     model_init_kwargs = dict(
         revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=training_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
         dtype=model_args.dtype,
     )
@@ -142,7 +174,7 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         parser.parse_args_and_config(["--help"])
         return 0
-    script_args, training_args, model_args = parser.parse_args_and_config(_apply_preset(argv))
+    script_args, training_args, model_args = parser.parse_args_and_config(_preprocess(argv))
     trainer = build_trainer(script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
