@@ -16,6 +16,7 @@ aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints — is TRL's own 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from pgpo.config import PGPOConfig
 from pgpo.dependency import compute_visual_dependency
 from pgpo.inputs import build_text_only_batch, image_token_spec
 from pgpo.shaping import pgpo_shape, vppo_shape
+from pgpo.validation import named_reward, validate_dataset
 
 PGPO_STATE_FILE = "pgpo_state.json"
 
@@ -72,10 +74,16 @@ class PGPOTrainer(GRPOTrainer):
     Takes exactly ``GRPOTrainer``'s arguments; ``args`` is a :class:`pgpo.config.PGPOConfig`.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, train_dataset=None, **kwargs):
+        if train_dataset is not None:
+            train_dataset = validate_dataset(train_dataset)
+        super().__init__(*args, train_dataset=train_dataset, **kwargs)
         if not isinstance(self.args, PGPOConfig):
             raise TypeError(f"PGPOTrainer needs a PGPOConfig, got {type(self.args).__name__}")
+        self.reward_funcs = [
+            f if isinstance(f, torch.nn.Module) or inspect.iscoroutinefunction(f) else named_reward(f, name)
+            for f, name in zip(self.reward_funcs, self.reward_func_names)
+        ]
         self._pgpo_scores: torch.Tensor | None = None
         self._pgpo_capture = False
         self._grad_norm_stats = {"n": 0, "mean": 0.0, "m2": 0.0}
@@ -151,6 +159,13 @@ class PGPOTrainer(GRPOTrainer):
                 **extra,
             )
         return self._pgpo_scores
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        mode = "train" if self.model.training else "eval"
+        unscorable = torch.isnan(rewards_per_func).all(dim=1).float().mean().item()
+        self._metrics[mode]["rewards/unscorable_frac"].append(unscorable)
+        return rewards_per_func
 
     # ----------------------------------------------------------------------------------------------- advantages
     def _generate_and_score_completions(self, inputs):

@@ -129,3 +129,98 @@ def test_config_rejects_bad_options(tmp_path):
         PGPOConfig(output_dir=str(tmp_path), use_cpu=True, text_only_mode="crop")
     with pytest.raises(ValueError, match="beta"):
         PGPOConfig(output_dir=str(tmp_path), use_cpu=True, pgpo_beta=2.0)
+
+
+# ----------------------------------------------------------------------------------------------- bad data
+
+
+def test_missing_and_unreadable_image_files_name_the_row(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (56, 56), (255, 0, 0)).save(good)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n not really a png")
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    for bad, msg in [(str(tmp_path / "missing.png"), "row 2: image file not found"), (str(broken), "row 2: image")]:
+        ds = Dataset.from_dict({"prompt": [prompt] * 4, "image": [str(good), str(good), bad, str(good)]})
+        with pytest.raises(ValueError, match=msg):
+            PGPOTrainer(
+                model=build_model(),
+                reward_funcs=length_reward,
+                args=small_args(tmp_path),
+                train_dataset=ds,
+                processing_class=build_model()[1],
+            )
+
+
+def build_model():
+    from pgpo.models.tiny_qwen import build_tiny_qwen25vl
+
+    return build_tiny_qwen25vl(seed=0)
+
+
+def small_args(tmp_path, **kw):
+    return PGPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        **kw,
+    )
+
+
+def test_empty_prompt_names_the_row(tmp_path):
+    ds = colour_dataset()
+    prompts = list(ds["prompt"])
+    prompts[5] = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "  "}]}]
+    ds = Dataset.from_dict({"prompt": prompts, "image": list(ds["image"])})
+    model, processor = build_model()
+    with pytest.raises(ValueError, match="row 5: empty prompt"):
+        PGPOTrainer(
+            model=model,
+            reward_funcs=length_reward,
+            args=small_args(tmp_path),
+            train_dataset=ds,
+            processing_class=processor,
+        )
+
+
+def test_reward_function_raising_names_function_and_sample(tmp_path):
+    ds = colour_dataset().add_column("id", [f"q{i}" for i in range(8)])
+
+    def picky(completions, id, **kwargs):
+        if "q0" in id:
+            raise KeyError("no gold answer")
+        return [1.0] * len(completions)
+
+    model, processor = build_model()
+    trainer = PGPOTrainer(
+        model=model,
+        reward_funcs=picky,
+        args=small_args(tmp_path, shuffle_dataset=False),
+        train_dataset=ds,
+        processing_class=processor,
+    )
+    with pytest.raises(RuntimeError, match=r"reward function 'picky' raised KeyError.*id='q0'"):
+        trainer.train()
+
+
+def test_nan_reward_is_a_counted_skip_not_a_nan_loss(tmp_path):
+    def half_nan(completions, **kwargs):
+        return [float("nan") if i % 4 == 0 else float(i % 3) for i in range(len(completions))]
+
+    model, processor = build_model()
+    trainer = PGPOTrainer(
+        model=model,
+        reward_funcs=half_nan,
+        args=small_args(tmp_path, logging_steps=1),
+        train_dataset=colour_dataset(),
+        processing_class=processor,
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert math.isfinite(logs[0]["loss"]) and logs[0]["rewards/unscorable_frac"] == pytest.approx(0.25)
