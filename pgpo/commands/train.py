@@ -35,7 +35,9 @@ class PGPOScriptArguments:
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy"],
-        metadata={"help": "Reward functions: 'accuracy', 'format', or dotted import paths (module.function)."},
+        metadata={
+            "help": "Reward functions: accuracy (math-verify), format (think + boxed), tasks (pgpo.tasks answers), or module.function."
+        },
     )
     algorithm: str | None = field(
         default=None,
@@ -43,20 +45,23 @@ class PGPOScriptArguments:
     )
 
 
-def reward_functions(names: list[str]):
-    from pgpo import rewards
+REWARDS = {
+    "accuracy": "pgpo.rewards.accuracy_reward",
+    "format": "pgpo.rewards.format_reward",
+    "tasks": "pgpo.tasks.correctness_reward",
+}
 
-    registry = {"accuracy": rewards.accuracy_reward, "format": rewards.format_reward}
+
+def reward_functions(names: list[str]):
+    """Reward functions by short name (:data:`REWARDS`) or dotted import path (``module.function``)."""
     funcs = []
     for name in names:
-        if name in registry:
-            funcs.append(registry[name])
-        elif "." in name:
-            module, attr = name.rsplit(".", 1)
-            sys.path.insert(0, os.getcwd())
-            funcs.append(getattr(importlib.import_module(module), attr))
-        else:
-            raise ValueError(f"unknown reward function {name!r}: use one of {sorted(registry)} or module.function")
+        path = REWARDS.get(name, name)
+        if "." not in path:
+            raise ValueError(f"unknown reward function {name!r}: use one of {sorted(REWARDS)} or module.function")
+        module, attr = path.rsplit(".", 1)
+        sys.path.insert(0, os.getcwd())
+        funcs.append(getattr(importlib.import_module(module), attr))
     return funcs
 
 
@@ -136,6 +141,16 @@ def make_parser():
     return TrlParser((PGPOScriptArguments, PGPOConfig, ModelConfig), prog="pgpo train")
 
 
+def _is_pgpo_vlm(path: str) -> bool:
+    import json
+
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config) as f:
+        return json.load(f).get("model_type") == "pgpo_vlm"
+
+
 def build_trainer(script_args, training_args, model_args):
     """Model, processor, data, rewards and PEFT, then :class:`pgpo.trainer.PGPOTrainer`."""
     from trl import get_peft_config
@@ -154,7 +169,7 @@ def build_trainer(script_args, training_args, model_args):
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     model = model_args.model_name_or_path
     processing_class = None
-    if os.path.isdir(model) and os.path.exists(os.path.join(model, "pgpo_vlm.json")):
+    if _is_pgpo_vlm(model):  # pgpo's own demo VLM is not a transformers class: load it explicitly
         from pgpo.vlm import load_pgpo_vlm
 
         model, processing_class = load_pgpo_vlm(model)
