@@ -30,8 +30,10 @@ class PGPOScriptArguments:
     dataset_size: int = field(default=512, metadata={"help": "Samples drawn for 'tasks' / 'easy_vqa'."})
     dataset_split: str = field(default="train", metadata={"help": "Split to read from a saved DatasetDict."})
     prompt_template: str = field(
-        default="short",
-        metadata={"help": "'short' (answer in a word/number) or 'think' (the paper's think-then-\\boxed{} template)."},
+        default="think",
+        metadata={
+            "help": "For files: 'think' (the paper's think-then-\\boxed{} template) or 'plain' (the question as is)."
+        },
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy"],
@@ -78,7 +80,8 @@ def load_training_data(script_args: PGPOScriptArguments, seed: int):
         return to_hf_dataset(load_easy_vqa("train", script_args.dataset_size, seed=seed))
     from pgpo import data
 
-    return data.load_training_data(source, split=script_args.dataset_split, template=script_args.prompt_template)
+    template = data.PGPO_PROMPT_TEMPLATE if script_args.prompt_template == "think" else "{question}"
+    return data.load_rlvr_dataset(source, split=script_args.dataset_split, prompt_template=template)
 
 
 PEFT_KEYS = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "lora_target_modules"}

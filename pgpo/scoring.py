@@ -1,0 +1,349 @@
+r"""Answer checking for RLVR rewards and benchmark evaluation.
+
+Two steps, both total functions (they never raise on odd input):
+
+1. :func:`extract_answer` narrows a completion to its final answer: the last balanced ``\boxed{...}`` (nested braces
+   allowed, ``\fbox`` too), else the last ``<answer>...</answer>``, else the text after the last "answer is" /
+   "Answer:", else the last non-empty line. Text before a closing ``</think>`` is ignored by the fallbacks.
+2. :func:`check_answer` compares that answer with the gold answer:
+
+   * **Multiple choice, gold is a letter** (MathVerse, MathVision, We-Math, LogicVista, DynaMath, MMK12): the
+     prediction's letter is read from ``B``, ``(B)``, ``B.``, ``B: 3``, ``(B) 3``, ``\text{B}``, ``Option B``; when the
+     choices are known, the option text itself ("3") also counts. LogicVista-style multi-letter golds (``A, C``) need
+     the same set of letters.
+   * **Multiple choice, gold is the option text** (MathVista): a predicted letter is mapped to its option first.
+   * **Everything else**: normalised string equality, then math-verify (``parse`` with LaTeX + expression
+     extraction on ``\boxed{answer}``, then ``verify(gold, pred)`` -- gold first, the function is not symmetric).
+
+Decisions worth knowing (all pinned by ``tests/test_scoring.py``):
+
+* Units are ignored: ``5 cm`` == ``5``, ``12.0 cm^2`` == ``12``, ``60°`` == ``60^\circ`` == ``60``.
+* A percent sign is ignored when only one side has it: ``50\%`` == ``50`` (MathVista writes bare numbers).
+* math-verify compares numbers after rounding to 6 decimals, so ``\sqrt{2}`` == ``1.414214`` but
+  ``\sqrt{2}`` != ``1.4142``: a 4-digit approximation of an exact answer is *wrong*. Benchmarks that ask for a rounded
+  float say so: ``answer_type="float"`` with a ``precision`` (MathVista: round both to that many decimals) or without
+  one (DynaMath: absolute tolerance 1e-3, DynaMath's own rule).
+* An empty or missing prediction is wrong; so is an empty gold.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_ANSWER_CHARS = 1000  # longer "answers" are not answers; keeps math-verify fast
+DYNAMATH_FLOAT_TOLERANCE = 1e-3
+_EXTRACTION_CONFIG = (LatexExtractionConfig(), ExprExtractionConfig())
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_ANSWER_IS_RE = re.compile(
+    r"(?:final\s+answer|answer)\s*(?:is\s*[:：]?|[:：])\s*(.+)",
+    re.IGNORECASE,
+)
+_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|mbox|operatorname)\s*\{([^{}]*)\}")
+_UNIT_RE = re.compile(
+    r"\s*(?:square\s+|sq\.?\s*|cubic\s+)?"
+    r"(?:cm|mm|km|m|dm|in|inch(?:es)?|ft|feet|foot|yd|yards?|meters?|metres?|centimeters?|millimeters?|kilometers?|"
+    r"miles?|units?|degrees?|deg|°|kg|g|mg|l|ml|s|sec|seconds?|min|minutes?|h|hours?|days?|years?|"
+    r"dollars?|cents?|yuan|people|persons?)"
+    r"(?:\s*\^\s*\{?\s*[23]\s*\}?|²|³)?\s*\.?\s*$",
+    re.IGNORECASE,
+)
+_NUMBER_START_RE = re.compile(r"^\s*[-+]?\s*(?:\d|\.\d|\\frac|\\dfrac|\\sqrt)")
+_FLOAT_RE = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+_MULTI_LETTER_RE = re.compile(r"^\(?([A-Z])\)?(?:\s*(?:,|、|and|&)\s*\(?([A-Z])\)?)+$")
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def boxed_contents(text: str) -> list[str]:
+    r"""Contents of every balanced ``\boxed{...}`` / ``\fbox{...}`` in ``text``, in order (nested braces allowed).
+
+    ``\boxed 5`` (no braces) yields ``5``. An unclosed box (a truncated completion) is skipped.
+    """
+    if not isinstance(text, str):
+        return []
+    out: list[str] = []
+    pos = 0
+    while True:
+        hits = [(text.find(cmd, pos), cmd) for cmd in _BOX_COMMANDS]
+        hits = [(i, cmd) for i, cmd in hits if i >= 0]
+        if not hits:
+            return out
+        start, cmd = min(hits)
+        i = start + len(cmd)
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth, j = 0, i
+            while j < len(text):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if depth == 0 and j < len(text):
+                out.append(text[i + 1 : j])
+                pos = j + 1
+                continue
+            pos = i + 1  # unbalanced: skip this one
+        elif i > start + len(cmd) and i < len(text):  # "\boxed 5"
+            m = re.match(r"[^\s$]+", text[i:])
+            if m:
+                out.append(m.group(0))
+            pos = i + 1
+        else:
+            pos = i
+        continue
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last balanced ``\boxed{...}`` in ``text``, or None."""
+    boxes = boxed_contents(text)
+    return boxes[-1] if boxes else None
+
+
+def extract_answer(completion: str) -> str:
+    """The final answer in a completion (see the module docstring for the order); ``""`` if there is none."""
+    if not isinstance(completion, str) or not completion.strip():
+        return ""
+    text = completion.strip()
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()[:MAX_ANSWER_CHARS]
+    tags = _ANSWER_TAG_RE.findall(text)
+    if tags and tags[-1].strip():
+        return tags[-1].strip()[:MAX_ANSWER_CHARS]
+    tail = text.rsplit("</think>", 1)[-1].strip()
+    if not tail:
+        return ""
+    matches = list(_ANSWER_IS_RE.finditer(tail))
+    if matches:
+        found = matches[-1].group(1).strip().splitlines()[0] if matches[-1].group(1).strip() else ""
+        if found:
+            return _strip_sentence(found)[:MAX_ANSWER_CHARS]
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return _strip_sentence(lines[-1])[:MAX_ANSWER_CHARS] if lines else ""
+
+
+def _strip_sentence(s: str) -> str:
+    s = s.strip().strip("*").strip()
+    if s.startswith("$") and s.endswith("$") and len(s) > 1:
+        s = s.strip("$").strip()
+    return s.rstrip(".").strip()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Letters
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _unwrap(s: str) -> str:
+    """Drop ``$``, ``**``, ``\\text{...}``-style wrappers and surrounding whitespace."""
+    s = s.strip()
+    for _ in range(3):
+        s = _WRAPPER_RE.sub(r"\1", s)
+    s = s.replace("$", "").replace("**", "").strip()
+    s = re.sub(r"^\\\(|\\\)$", "", s).strip()
+    return s
+
+
+def answer_letter(answer: str, n_choices: int | None = None) -> str | None:
+    """The option letter an answer names (``B``, ``(B)``, ``B.``, ``B) 3``, ``(B) 3``, ``B: 3``, ``Option B``), or None.
+
+    "A triangle" is *not* the letter A (a letter followed by a word needs ``.``/``:``/``)`` or parentheses). A lone
+    lower-case letter counts. With ``n_choices``, letters past the last option are rejected.
+    """
+    if not isinstance(answer, str):
+        return None
+    s = _unwrap(answer)
+    s = re.sub(r"^(?:the\s+)?(?:correct\s+)?(?:option|choice|answer)\s*(?:is\s*)?[:：]?\s*", "", s, flags=re.I)
+    s = s.strip()
+    letter = None
+    m = re.fullmatch(r"\(?\s*([A-Za-z])\s*\)?\s*\.?", s)
+    if m and (m.group(1).isupper() or len(s) == 1):
+        letter = m.group(1).upper()
+    else:
+        m = re.match(r"^\(\s*([A-Z])\s*\)", s) or re.match(r"^([A-Z])\s*[.:：)]", s)
+        if m:
+            letter = m.group(1)
+    if letter is None:
+        return None
+    if n_choices is not None and LETTERS.index(letter) >= n_choices:
+        return None
+    return letter
+
+
+def answer_letters(answer: str, n_choices: int | None = None) -> frozenset[str] | None:
+    """A set of letters: one (see :func:`answer_letter`) or several (``A, C`` / ``(A) and (C)``); None if neither."""
+    one = answer_letter(answer, n_choices)
+    if one is not None:
+        return frozenset(one)
+    if not isinstance(answer, str):
+        return None
+    s = _unwrap(answer)
+    if not _MULTI_LETTER_RE.match(s):
+        return None
+    letters = frozenset(re.findall(r"[A-Z]", re.sub(r"\band\b", "", s)))
+    if n_choices is not None and any(LETTERS.index(c) >= n_choices for c in letters):
+        return None
+    return letters
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Values
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def normalize_text(s: str) -> str:
+    """Lower-case, no wrappers, no spaces, no trailing full stop: the string-equality form of an answer."""
+    s = _unwrap(str(s))
+    s = s.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "").replace("\\;", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\s+", "", s).lower()
+    return s.rstrip(".")
+
+
+def strip_units(s: str) -> str:
+    """``12.0 cm^2`` -> ``12.0``, ``60°`` -> ``60``: trailing unit words after a number are dropped."""
+    s = s.strip()
+    if not _NUMBER_START_RE.match(s):
+        return s
+    for _ in range(2):
+        new = _UNIT_RE.sub("", s).strip()
+        if not new:
+            return s
+        s = new
+    return s
+
+
+def _strip_percent(s: str) -> str:
+    return re.sub(r"\\?%\s*$", "", s.strip()).strip()
+
+
+def _as_float(s: str) -> float | None:
+    s = _unwrap(s).replace(",", "").replace(" ", "")
+    return float(s) if _FLOAT_RE.match(s) else None
+
+
+def math_equal(gold: str, pred: str) -> bool:
+    r"""math-verify equivalence of two bare answers (each parsed as ``\boxed{answer}``). Never raises."""
+    if not gold or not pred:
+        return False
+    main = threading.current_thread() is threading.main_thread()
+    parse_timeout = 5 if main else None  # math-verify's timeout uses signal.alarm: main thread only
+    verify_timeout = 5 if main else None
+    try:
+        gold_parsed = parse("\\boxed{" + gold + "}", _EXTRACTION_CONFIG, parsing_timeout=parse_timeout)
+        if not gold_parsed:
+            return False
+        pred_parsed = parse("\\boxed{" + pred + "}", _EXTRACTION_CONFIG, parsing_timeout=parse_timeout)
+        if not pred_parsed:
+            return False
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=verify_timeout))
+    except Exception:  # math-verify / sympy can raise on odd input; a wrong answer, not a crash
+        logger.debug("math-verify failed on gold=%r pred=%r", gold, pred, exc_info=True)
+        return False
+
+
+def values_match(pred: str, gold: str, answer_type: str | None = None, precision: float | None = None) -> bool:
+    """Free-form comparison: string equality, float rules for ``answer_type="float"``, then math-verify."""
+    pred, gold = str(pred).strip(), str(gold).strip()
+    if not pred or not gold:
+        return False
+    if normalize_text(pred) == normalize_text(gold):
+        return True
+    pred_u, gold_u = strip_units(pred), strip_units(gold)
+    if normalize_text(pred_u) == normalize_text(gold_u):
+        return True
+    if answer_type == "float":
+        p, g = _as_float(_strip_percent(pred_u)), _as_float(_strip_percent(gold_u))
+        if p is not None and g is not None:
+            if precision is not None and precision == precision:  # not NaN
+                digits = int(precision)
+                return round(p, digits) == round(g, digits)
+            return abs(p - g) <= DYNAMATH_FLOAT_TOLERANCE
+    if math_equal(gold_u, pred_u):
+        return True
+    if ("%" in pred_u) != ("%" in gold_u):
+        return math_equal(_strip_percent(gold_u), _strip_percent(pred_u))
+    return False
+
+
+def _gold_letters(gold: str, choices: Sequence[str] | None) -> frozenset[str] | None:
+    s = _unwrap(gold)
+    if choices and any(normalize_text(s) == normalize_text(c) for c in choices) and len(s) > 1:
+        return None  # the gold is an option's text (MathVista)
+    if re.fullmatch(r"\(?[A-Z]\)?\.?", s):
+        return frozenset(re.findall(r"[A-Z]", s))
+    if _MULTI_LETTER_RE.match(s):
+        return frozenset(re.findall(r"[A-Z]", re.sub(r"\band\b", "", s)))
+    return None
+
+
+def check_answer(
+    pred: str,
+    gold: str,
+    choices: Sequence[str] | None = None,
+    answer_type: str | None = None,
+    precision: float | None = None,
+) -> bool:
+    r"""Is the extracted answer ``pred`` the gold answer? Never raises (a comparison error counts as wrong).
+
+    ``gold`` may itself be wrapped in ``\boxed{}`` (ViRL39K). ``choices`` are the option texts in letter order, when
+    the benchmark gives them; ``answer_type="float"`` with an optional ``precision`` selects the float rule.
+    """
+    try:
+        if pred is None or gold is None:
+            return False
+        pred, gold = str(pred).strip(), str(gold).strip()
+        inner = last_boxed(gold)
+        if inner is not None and gold.startswith(("\\boxed", "\\fbox")):
+            gold = inner.strip()
+        if not pred or not gold:
+            return False
+        choices = [str(c) for c in choices] if choices else None
+        n = len(choices) if choices else None
+        gold_letters = _gold_letters(gold, choices)
+        if gold_letters is not None:
+            pred_letters = answer_letters(pred, n)
+            if pred_letters is not None:
+                return pred_letters == gold_letters
+            if choices and len(gold_letters) == 1:
+                index = LETTERS.index(next(iter(gold_letters)))
+                if index < len(choices):
+                    return values_match(pred, choices[index])
+            return False
+        if choices:
+            letter = answer_letter(pred, n)
+            if letter is not None:
+                pred = choices[LETTERS.index(letter)]
+        return values_match(pred, gold, answer_type, precision)
+    except Exception:
+        logger.debug("check_answer failed on pred=%r gold=%r", pred, gold, exc_info=True)
+        return False
+
+
+def score_completion(
+    completion: str,
+    gold: str,
+    choices: Sequence[str] | None = None,
+    answer_type: str | None = None,
+    precision: float | None = None,
+) -> tuple[str, bool]:
+    """``(extracted answer, correct)`` for a raw completion."""
+    pred = extract_answer(completion)
+    return pred, check_answer(pred, gold, choices, answer_type, precision)
