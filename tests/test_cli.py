@@ -70,7 +70,9 @@ def test_accelerate_two_cpu_processes(tiny_dir, tmp_path):
         "pgpo.cli",
         *train_cmd(tiny_dir, tmp_path / "ddp", "--max_steps", "2", "--per_device_train_batch_size", "2")[1:],
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    # two processes on two cores: one thread each, or OpenMP's spinning threads oversubscribe the CPU badly
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "gloo" in proc.stderr or "MULTI_CPU" in proc.stderr or (tmp_path / "ddp" / "model.safetensors").exists()
     logs = history(tmp_path / "ddp" / "checkpoint-2")
