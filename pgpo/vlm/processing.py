@@ -1,6 +1,6 @@
 """Processor of the demo VLM: SmolLM2's tokenizer + three vision tokens, and a fixed-size ImageNet image processor.
 
-Chat format (SmolLM2's ChatML, including its default system prompt): an ``{"type": "image"}`` content part renders as
+Chat format (SmolLM2's ChatML, without its default system prompt): an ``{"type": "image"}`` content part renders as
 ``<|vision_start|><|image_pad|><|vision_end|>``; ``__call__`` expands each ``<|image_pad|>`` to ``num_image_tokens``
 copies and returns ``input_ids``, ``attention_mask`` (left padded) and ``pixel_values`` ``[num_images, 3, H, W]``.
 The calls TRL's GRPOTrainer makes (``apply_chat_template(conversation=[...], tokenize=True, return_dict=True)``,
@@ -26,15 +26,13 @@ VISION_END_TOKEN = "<|vision_end|>"
 VISION_TOKENS = (VISION_START_TOKEN, IMAGE_TOKEN, VISION_END_TOKEN)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SMOLLM2_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 PROCESSOR_CONFIG = "processor_config.json"
 
-# SmolLM2's ChatML template, extended to content lists with {"type": "image"} / {"type": "text"} parts.
+# SmolLM2's ChatML template, extended to content lists with {"type": "image"} / {"type": "text"} parts. Unlike
+# SmolLM2's own template it adds no default system prompt: ~20 tokens less per prompt, which is ~40% of the compute
+# of a demo prompt on a CPU (pass a system message to get one).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\n" + SMOLLM2_SYSTEM_PROMPT + "<|im_end|>\n"
-    "{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% elif message['content'] is not none %}{% for part in message['content'] %}"
