@@ -224,3 +224,42 @@ def test_nan_reward_is_a_counted_skip_not_a_nan_loss(tmp_path):
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert math.isfinite(logs[0]["loss"]) and logs[0]["rewards/unscorable_frac"] == pytest.approx(0.25)
+
+
+def test_peft_lora_trains_and_scores_dependency_through_the_adapter(tmp_path):
+    from peft import LoraConfig
+
+    model, processor = build_model()
+    trainer = PGPOTrainer(
+        model=model,
+        reward_funcs=length_reward,
+        args=small_args(tmp_path, logging_steps=1, learning_rate=1e-2),
+        train_dataset=colour_dataset(),
+        processing_class=processor,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    assert lora
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert math.isfinite(logs[0]["loss"]) and math.isfinite(logs[0]["shaping/gated_frac"])
+    assert any(not torch.equal(lora[n], p) for n, p in trainer.model.named_parameters() if n in lora)
+
+
+def test_yaml_peft_section_becomes_model_config_options(tmp_path):
+    import yaml
+
+    from pgpo.commands.train import _flatten_peft
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump({"learning_rate": 1e-5, "peft": {"r": 16, "alpha": 32, "target_modules": ["q_proj"]}})
+    )
+    flat = yaml.safe_load(open(_flatten_peft(str(path))))
+    assert flat == {
+        "learning_rate": 1e-5,
+        "use_peft": True,
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_target_modules": ["q_proj"],
+    }
