@@ -26,12 +26,12 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     seed: int = 0
     algorithms: tuple[str, ...] = ("grpo", "pgpo")
-    rl_steps: int = 24
+    rl_steps: int = 32
     prompts_per_step: int = 4
     num_generations: int = 4
-    max_completion_length: int = 6
-    temperature: float = 1.0
-    learning_rate: float = 2e-5
+    max_completion_length: int = 8
+    temperature: float = 0.7
+    learning_rate: float = 1e-5
     n_train: int = 512
     n_test: int = 192
     eval_batch_size: int = 32
