@@ -54,6 +54,10 @@ class PGPOShapingConfig:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        if 0.0 < self.beta < 1e-200:
+            raise ValueError(
+                f"beta must be 0 or >= 1e-200 (the mass solve works in float64 log-space), got {self.beta}"
+            )
         if not 0.0 <= self.w_min <= 1.0 <= self.w_max:
             raise ValueError(
                 f"need 0 <= w_min <= 1 <= w_max (mass must stay reachable), got {self.w_min}, {self.w_max}"
@@ -97,7 +101,6 @@ def gate_threshold(dependency: torch.Tensor, mask: torch.Tensor, cfg: PGPOShapin
 def _solve_bounded(r: torch.Tensor, mask: torch.Tensor, w_min: float, w_max: float, iters: int = 200) -> torch.Tensor:
     """``w = clip(c * r, w_min, w_max)`` per row with ``c`` chosen so that ``sum_t w = L`` (float64 bisection)."""
     r = r.double() * mask
-    r = torch.where(r < 1e-12, torch.zeros_like(r), r)  # a subnormal floor is a zero floor (keeps exp(log c) finite)
     L = mask.sum(-1, keepdim=True)
     # At c_hi every token with r > 0 reaches w_max >= 1, so the sum is >= L whenever L is reachable at all.
     # Bisection on log c (r can span hundreds of orders of magnitude), float64.
@@ -145,7 +148,7 @@ def pgpo_weights(
     r = torch.where(gate.any(-1, keepdim=True), r, maskf)
     L = maskf.sum(-1, keepdim=True)
     w = L * r / r.sum(-1, keepdim=True).clamp_min(1e-300)
-    if (w < cfg.w_min - 1e-12).any() or (w > cfg.w_max + 1e-12).any():
+    if (w < cfg.w_min * (1 - 1e-9)).any() or (w > cfg.w_max * (1 + 1e-9)).any():
         w = _solve_bounded(r, maskf, cfg.w_min, cfg.w_max)
     return (w * maskf).to(dependency.dtype), gate, tau
 

@@ -74,6 +74,8 @@ def test_bad_input():
         PGPOShapingConfig(w_max=0.5)
     with pytest.raises(ValueError, match="beta"):
         PGPOShapingConfig(beta=1.5)
+    with pytest.raises(ValueError, match="beta"):
+        PGPOShapingConfig(beta=5e-324)
 
 
 @st.composite
@@ -94,7 +96,7 @@ def batches(draw):
         quantile=draw(st.floats(0.0, 0.95)),
         threshold=draw(st.floats(0.0, 2.0)),
         alpha=draw(st.floats(0.0, 5.0)),
-        beta=draw(st.floats(0.0, 1.0)),
+        beta=draw(st.one_of(st.just(0.0), st.floats(1e-200, 1.0))),  # the valid range (see PGPOShapingConfig)
         w_min=draw(st.floats(0.0, 1.0)),
         w_max=draw(st.floats(1.0, 10.0)),
     )

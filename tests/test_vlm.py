@@ -75,7 +75,7 @@ def test_processor_chat_template_and_expansion(vlm):
         conversation=convs * 2, add_generation_prompt=True, tokenize=True, return_dict=True
     )
     assert isinstance(out["input_ids"], list) and len(out["input_ids"]) == 2 and out["pixel_values"].shape[0] == 2
-    assert processor.batch_decode(ids[:1], skip_special_tokens=True)[0].startswith("system\n")
+    assert processor.batch_decode(ids[:1], skip_special_tokens=True)[0].startswith("user\n")  # no default system prompt
 
 
 def test_forward_with_and_without_image(vlm):
@@ -109,9 +109,9 @@ def test_generate_with_image_uses_the_cache_correctly(vlm):
     text = processor.apply_chat_template(_messages(), add_generation_prompt=True)
     batch = processor(images=[[BLUE]], text=[text], return_tensors="pt")
     with torch.no_grad():
-        cached = model.generate(**batch, max_new_tokens=6, do_sample=False)
-        uncached = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False)
-    assert cached.shape[1] > batch["input_ids"].shape[1]
+        cached = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        uncached = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=False)
+    assert cached.shape[1] == batch["input_ids"].shape[1] + 6
     assert torch.equal(cached, uncached)
     completion = processor.batch_decode(cached[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)[0]
     assert completion.strip()
