@@ -82,6 +82,19 @@ def test_from_hidden_matches_logits_path_and_returns_logps():
         (torch.zeros(2, 3, 5), torch.zeros(2, 3, 5), torch.ones(2, 4), "mask shape"),
         (torch.full((1, 2, 5), float("nan")), torch.zeros(1, 2, 5), None, "non-finite"),
         (torch.zeros(1, 2, 5), torch.full((1, 2, 5), float("inf")), None, "non-finite"),
+        # one -inf on either side (a banned token): 0 * inf or p * -inf in the KL, never a silent finite value
+        (
+            torch.zeros(1, 2, 5).index_fill_(2, torch.tensor([3]), -float("inf")),
+            torch.zeros(1, 2, 5),
+            None,
+            "non-finite",
+        ),
+        (
+            torch.zeros(1, 2, 5),
+            torch.zeros(1, 2, 5).index_fill_(2, torch.tensor([3]), -float("inf")),
+            None,
+            "non-finite",
+        ),
     ],
 )
 def test_bad_input_raises_clear_error(a, b, mask, msg):
@@ -120,3 +133,53 @@ def test_peak_memory_is_bounded_by_one_chunk():
     peak_full = _peak_cpu_bytes(lambda: token_kl(a, b, chunk_size=T))
     assert peak_chunked < 2 * one_chunk, (peak_chunked, one_chunk)
     assert peak_full > 10 * peak_chunked  # the measurement can see the difference
+
+
+def test_from_hidden_peak_memory_is_three_chunk_buffers():
+    """token_kl_from_hidden keeps at most three chunk x V float32 buffers alive (log p, log q, one transient)."""
+    H, V, chunk = 16, 40_000, 8
+    head = torch.nn.Linear(H, V, bias=False).requires_grad_(False)
+    hi, ht = torch.randn(2, 32, H), torch.randn(2, 32, H)
+    peak = _peak_cpu_bytes(lambda: token_kl_from_hidden(hi, ht, head, chunk_size=chunk))
+    buffer = chunk * V * 4
+    assert 2 * buffer < peak <= 3 * buffer + 64 * 1024, (peak, buffer)
+
+
+@pytest.mark.parametrize(
+    "model_type,extra",
+    [("gemma2", {"final_logit_softcapping": 2.0}), ("cohere", {"logit_scale": 0.25})],
+)
+def test_compute_visual_dependency_applies_the_models_logit_postprocessing(model_type, extra):
+    """Softcapped (Gemma 2) and scaled (Cohere) heads: the log-probs equal log_softmax of the model's own logits."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pgpo.dependency import compute_visual_dependency, logit_postprocess
+
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        **extra,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # large logits, so the post-processing matters
+        model.get_output_embeddings().weight.mul_(30.0)
+    scale, softcap = logit_postprocess(model.config)
+    assert (scale, softcap) == (extra.get("logit_scale", 1.0), extra.get("final_logit_softcapping"))
+    ids = torch.randint(0, 96, (2, 10))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    T = 4
+    out = compute_visual_dependency(model, batch, batch, T, torch.ones(2, T), chunk_size=3, return_logps=True)
+    with torch.no_grad():
+        logits = model(**batch).logits[:, -T - 1 : -1].float()
+    ref = torch.log_softmax(logits, -1).gather(-1, ids[:, -T:, None]).squeeze(-1)
+    torch.testing.assert_close(out.logps, ref, rtol=1e-4, atol=1e-4)
+    raw = torch.log_softmax(model.get_output_embeddings()(model.base_model(**batch).last_hidden_state), -1)
+    assert not torch.allclose(raw[:, -T - 1 : -1].gather(-1, ids[:, -T:, None]).squeeze(-1), ref, atol=1e-2)
+    assert torch.all(out.scores.abs() < 1e-5)  # same inputs on both sides
