@@ -61,6 +61,16 @@ class PGPOConfig(GRPOConfig):
         default=DEFAULT_CHUNK_SIZE,
         metadata={"help": "Tokens per chunk of the vocabulary KL; bounds the extra memory of PGPO."},
     )
+    dependency_from_training_forward: bool = field(
+        default=True,
+        metadata={
+            "help": "When TRL runs no old-log-prob pass and each generation batch is one micro-batch trained on once "
+            "(steps_per_generation == num_iterations == 1, no vLLM importance sampling, no Liger loss), take p_image "
+            "from the training forward's hidden states instead of running a no-grad image-conditioned forward: the "
+            "weights are the ones that sampled the batch, so the result is the same and one forward is saved. "
+            "False always runs PGPO's own no-grad pass."
+        },
+    )
     log_visual_dependency: bool = field(
         default=False,
         metadata={"help": "Score (and log) visual dependency even when advantage_shaping='none', e.g. for GRPO runs."},

@@ -7,7 +7,11 @@ aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints — is TRL's own 
    rollout policy (:func:`pgpo.dependency.compute_visual_dependency`). When TRL runs its no-grad old-log-prob pass
    (``gradient_accumulation_steps`` not a multiple of ``steps_per_generation * num_iterations``, or vLLM importance
    sampling), PGPO piggybacks on it: the same image-conditioned forward gives TRL its old log-probs and PGPO its
-   ``p_image``, so that forward is not run twice. Otherwise PGPO runs it once itself.
+   ``p_image``, so that forward is not run twice. When TRL runs no such pass and the generation batch is trained on
+   once, in one micro-batch (``steps_per_generation == num_iterations == 1``), ``p_image`` comes from the training
+   forward itself (a hook keeps the backbone's hidden states), and the text-only forward, the KL and the shaping run
+   inside ``_compute_loss`` before TRL reads the advantages (``dependency_from_training_forward``). Otherwise PGPO runs
+   its own no-grad image-conditioned forward.
 2. TRL's per-sequence advantages ``[B]`` are replaced by per-token advantages ``[B, T]`` (:mod:`pgpo.shaping`); TRL's
    ``_compute_loss`` accepts ``[B, T]`` advantages as they are.
 3. Metrics: dependency mean / quantiles, gated fraction, mean weight on gated / ungated tokens, and a running variance
@@ -26,7 +30,12 @@ import torch
 from trl import GRPOTrainer
 
 from pgpo.config import PGPOConfig
-from pgpo.dependency import compute_visual_dependency
+from pgpo.dependency import (
+    compute_visual_dependency,
+    dependency_given_image_states,
+    image_states_hook,
+    splits_into_backbone_and_head,
+)
 from pgpo.inputs import build_text_only_batch, image_token_spec
 from pgpo.shaping import pgpo_shape, vppo_shape
 from pgpo.validation import named_reward, validate_dataset
@@ -68,6 +77,42 @@ class _DependencyScorer:
         return SimpleNamespace(log_probs=log_probs, entropy=None, aux_loss=None)
 
 
+class _TrainingForwardScorer:
+    """Stands in for the model in TRL's training-forward call of ``_get_per_token_logps_and_entropies``.
+
+    Runs the real forward (with gradient) unchanged, keeps the backbone's hidden states at the completion positions
+    through a forward hook (detached), and then, without gradient, runs the text-only forward and the KL.
+    """
+
+    def __init__(self, trainer: PGPOTrainer, model, logits_to_keep: int):
+        self.trainer, self.model, self.logits_to_keep = trainer, model, logits_to_keep
+        self.scores: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, attention_mask, **kwargs):
+        K, states = self.logits_to_keep, []
+        handle = image_states_hook(self.model, K, states)
+        try:
+            outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            handle.remove()  # before backward: gradient checkpointing may run the backbone again
+        if len(states) != 1:
+            raise RuntimeError(f"expected one backbone forward in the training step, saw {len(states)}")
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
+        for key in ("labels", "fused_lm_head", "output_router_logits"):
+            batch.pop(key, None)
+        out = dependency_given_image_states(
+            self.model,
+            states[0],
+            self.trainer._text_only(batch, K),
+            K,
+            attention_mask[:, -K:],
+            chunk_size=self.trainer.args.dependency_chunk_size,
+            temperature=self.trainer.temperature,
+        )
+        self.scores.append(out.scores)
+        return outputs
+
+
 class PGPOTrainer(GRPOTrainer):
     """GRPO/DAPO/Dr.GRPO (``advantage_shaping='none'``), PGPO (``'pgpo'``) or VPPO (``'vppo'``) on TRL.
 
@@ -86,6 +131,8 @@ class PGPOTrainer(GRPOTrainer):
         ]
         self._pgpo_scores: torch.Tensor | None = None
         self._pgpo_capture = False
+        self._pgpo_deferred = False  # this generation batch is scored in its training forward
+        self._pgpo_train_inputs: dict | None = None
         self._grad_norm_stats = {"n": 0, "mean": 0.0, "m2": 0.0}
         self._image_spec = None
 
@@ -116,7 +163,25 @@ class PGPOTrainer(GRPOTrainer):
             self.use_vllm and self.vllm_importance_sampling_correction
         )
 
+    def _can_score_in_training_forward(self) -> bool:
+        """Whether ``p_image`` can come from the training forward (see ``dependency_from_training_forward``)."""
+        return (
+            self.args.dependency_from_training_forward
+            and self.args.steps_per_generation == 1
+            and self.num_iterations == 1
+            and not self._trl_runs_old_logps_pass()
+            and splits_into_backbone_and_head(self.model)
+        )
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        inputs, self._pgpo_train_inputs = self._pgpo_train_inputs, None
+        if inputs is not None:  # the training forward of a deferred batch: score it, shape, then TRL reads advantages
+            scorer = _TrainingForwardScorer(self, model, logits_to_keep)
+            out = super()._get_per_token_logps_and_entropies(
+                scorer, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+            self._shape_advantages(inputs, torch.cat(scorer.scores, dim=0), "train")
+            return out
         if self._pgpo_capture and model is self.model and not kwargs.get("compute_entropy", False):
             self._pgpo_capture = False  # only the first (old-policy) pass; the reference pass comes after it
             scorer = _DependencyScorer(self, model, logits_to_keep)
@@ -169,37 +234,51 @@ class PGPOTrainer(GRPOTrainer):
 
     # ----------------------------------------------------------------------------------------------- advantages
     def _generate_and_score_completions(self, inputs):
-        self._pgpo_scores = None
+        self._pgpo_scores, self._pgpo_deferred = None, False
         self._pgpo_capture = self._scores_dependency and self._trl_runs_old_logps_pass()
         output = super()._generate_and_score_completions(inputs)
         self._pgpo_capture = False
         mode = "train" if self.model.training else "eval"
-        mask = output["completion_mask"]
-        if "tool_mask" in output:
-            mask = mask * output["tool_mask"]
 
         if self.args.filter_zero_advantage:
             keep = (output["advantages"] != 0).to(output["completion_mask"].dtype)
             self._metrics[mode]["dapo/frac_filtered"].append(1.0 - keep.float().mean().item())
             output["completion_mask"] = output["completion_mask"] * keep[:, None]
-            mask = mask * keep[:, None]
 
         if not self._scores_dependency:
             return output
+        if self._pgpo_scores is None and mode == "train" and self._can_score_in_training_forward():
+            self._pgpo_deferred = True  # scored and shaped in _compute_loss
+            return output
         scores = self._pgpo_scores if self._pgpo_scores is not None else self._score_output(output)
         self._pgpo_scores = None
-        self._log_dependency(scores, mask, mode)
+        self._shape_advantages(output, scores, mode)
+        return output
 
+    def _compute_loss(self, model, inputs):
+        if self._pgpo_deferred:
+            self._pgpo_deferred = False
+            self._pgpo_train_inputs = inputs  # picked up by the training forward's _get_per_token_logps_and_entropies
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._pgpo_train_inputs = None
+
+    def _shape_advantages(self, output: dict, scores: torch.Tensor, mode: str) -> None:
+        """Log the dependency and replace ``output['advantages']`` ``[B]`` by shaped per-token advantages ``[B, T]``."""
+        mask = output["completion_mask"]
+        if "tool_mask" in output:
+            mask = mask * output["tool_mask"]
+        self._log_dependency(scores, mask, mode)
         shaping = self.args.advantage_shaping
         if shaping == "none":
-            return output
+            return
         if shaping == "pgpo":
             result = pgpo_shape(output["advantages"], scores, mask, self.args.pgpo_shaping_config())
         else:
             result = vppo_shape(output["advantages"], scores, mask, self.args.vppo_shaping_config())
         output["advantages"] = result.advantages.to(output["advantages"].dtype)
         self._log_shaping(result, mask, mode)
-        return output
 
     # ----------------------------------------------------------------------------------------------- metrics
     def _gathered(self, values: torch.Tensor) -> torch.Tensor:

@@ -104,10 +104,9 @@ def test_pgpo_with_unit_weights_equals_grpo(tmp_path):
     assert ga == pytest.approx(gb, abs=1e-6)
 
 
-def test_dependency_shared_with_old_logprob_pass(tmp_path, monkeypatch):
-    """When TRL runs its no-grad old-log-prob pass, PGPO scores inside it: one image forward, not two."""
-    trainer = make_trainer(tmp_path, "pgpo", steps_per_generation=2, gradient_accumulation_steps=1, max_steps=2)
-    assert trainer._trl_runs_old_logps_pass()
+@pytest.fixture
+def own_passes(monkeypatch):
+    """Counts PGPO's own no-grad image-conditioned passes (``PGPOTrainer._score_output`` calls)."""
     calls = {"own": 0}
     original = PGPOTrainer._score_output
 
@@ -116,10 +115,41 @@ def test_dependency_shared_with_old_logprob_pass(tmp_path, monkeypatch):
         return original(self, output)
 
     monkeypatch.setattr(PGPOTrainer, "_score_output", counting)
+    return calls
+
+
+def test_dependency_shared_with_old_logprob_pass(tmp_path, own_passes):
+    """When TRL runs its no-grad old-log-prob pass, PGPO scores inside it: one image forward, not two."""
+    trainer = make_trainer(tmp_path, "pgpo", steps_per_generation=2, gradient_accumulation_steps=1, max_steps=2)
+    assert trainer._trl_runs_old_logps_pass()
     trainer.train()
-    assert calls["own"] == 0
+    assert own_passes["own"] == 0
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert all(math.isfinite(h["shaping/gated_frac"]) for h in logs if "shaping/gated_frac" in h)
+
+
+@pytest.mark.parametrize("gradient_checkpointing", [False, True])
+def test_dependency_from_training_forward_equals_own_pass(tmp_path, own_passes, gradient_checkpointing):
+    """Aligned configuration: p_image from the training forward gives the update of PGPO's own no-grad pass."""
+    calls = own_passes
+    own = make_trainer(tmp_path / "own", "pgpo", dependency_from_training_forward=False)
+    own.train()
+    assert calls["own"] == 2
+    hooked = make_trainer(
+        tmp_path / "hooked",
+        "pgpo",
+        dependency_from_training_forward=True,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    assert hooked._can_score_in_training_forward()
+    hooked.train()
+    assert calls["own"] == 2  # no own image-conditioned pass
+    a, b = _final_params(own), _final_params(hooked)
+    assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-5
+    keys = ("dependency/mean", "dependency/p90", "shaping/gated_frac", "shaping/weight_gated", "grad_norm")
+    logs = [[h for h in t.state.log_history if "loss" in h] for t in (own, hooked)]
+    for key in keys:
+        assert [h[key] for h in logs[0]] == pytest.approx([h[key] for h in logs[1]], rel=1e-4), key
 
 
 def test_config_rejects_bad_options(tmp_path):
