@@ -896,9 +896,10 @@ def _derive_parts(parts: dict, measured: dict) -> dict:
         else:
             extra = floor if r.get("pgpo_scores_in_training_forward") else own
         derived[f"predicted_time_ratio_{name}"] = 1 + extra / grpo
-        derived[f"measured_extra_{name}_s"] = r["pgpo_minus_grpo_step_s"]
-        if name == "aligned":
+        delta = derived[f"measured_extra_{name}_s"] = r["pgpo_minus_grpo_step_s"]
+        if name == next(iter(measured)):  # the configuration whose generation batch the parts were measured on
             derived["floor_time_ratio"] = 1 + floor / grpo
+            derived["share_of_measured_extra"] = {n: v / delta if delta > 0 else math.nan for n, v in s.items()}
     return derived
 
 
