@@ -53,3 +53,29 @@ def test_report_has_table_plots_and_heatmap(results):
     assert "| pgpo |" in md and "| grpo |" in md and "± 0.000" in md
     for name in ("accuracy.png", "reward.png", "dependency_heatmap.png", "report.html"):
         assert (out / "report" / name).stat().st_size > 1000, name
+
+
+def test_rl_train_projector_leaves_the_language_model_untouched(results, tmp_path):
+    import torch
+
+    from pgpo.demo.run import train_one
+
+    out, _ = results
+    warm_path = next((out / "cache").glob("warmstart-*"))
+    cfg = DemoConfig(
+        out_dir=str(tmp_path), rl_steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4, n_train=8
+    )
+    cfg = DemoConfig(**{**cfg.__dict__, "rl_train": "projector", "learning_rate": 1e-2})
+    from pgpo.vlm import load_pgpo_vlm
+
+    before, _ = load_pgpo_vlm(warm_path)
+    model, _, history = train_one("grpo", warm_path, cfg, tmp_path, log=lambda *_: None)
+    after = dict(model.named_parameters())
+    lm = [n for n, _ in before.named_parameters() if ".language_model." in n]
+    proj = [n for n, _ in before.named_parameters() if "projector" in n]
+    assert lm and proj
+    ref = dict(before.named_parameters())
+    assert all(torch.equal(ref[n], after[n]) for n in lm)
+    assert all(after[n].requires_grad for n in proj) and not any(after[n].requires_grad for n in lm)
+    with pytest.raises(ValueError, match="rl_train"):
+        train_one("grpo", warm_path, DemoConfig(**{**cfg.__dict__, "rl_train": "lm"}), tmp_path)

@@ -32,6 +32,9 @@ class DemoConfig:
     max_completion_length: int = 8
     temperature: float = 0.7
     learning_rate: float = 1e-5
+    # What RL updates: "all" (projector + LM; the vision encoder is always frozen) or "projector" (the LM stays as
+    # shipped, like the warm start).
+    rl_train: str = "all"
     n_train: int = 512
     n_test: int = 192
     eval_batch_size: int = 32
@@ -74,6 +77,10 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
     from pgpo.vlm import load_pgpo_vlm
 
     model, processor = load_pgpo_vlm(warm_path)
+    if cfg.rl_train not in ("all", "projector"):
+        raise ValueError(f"rl_train must be 'all' or 'projector', got {cfg.rl_train!r}")
+    if cfg.rl_train == "projector":
+        model.model.language_model.requires_grad_(False)
     model.train()
     args = PGPOConfig(
         output_dir=str(out / algorithm),
