@@ -222,7 +222,12 @@ def _completion_states(model, batch: dict, logits_to_keep: int, split) -> torch.
         hidden = backbone(**batch, use_cache=False).last_hidden_state
     else:
         hidden = model(**batch, use_cache=False, logits_to_keep=logits_to_keep + 1).logits
-    # A copy, not a view: the [B, P+T, H] states of the whole sequence are freed before the next forward.
+    return _completion_positions(hidden, logits_to_keep)
+
+
+def _completion_positions(hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+    """``[B, T, ...]`` at the positions that predict the last ``T`` tokens; a copy, not a view, so the states of the
+    whole ``[B, P+T]`` sequence are freed before the next forward."""
     return hidden[:, -logits_to_keep - 1 : -1].contiguous()
 
 
@@ -295,7 +300,7 @@ def image_states_hook(model, logits_to_keep: int, sink: list[torch.Tensor]):
 
     def keep(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        sink.append(hidden[:, -logits_to_keep - 1 : -1].detach().contiguous())
+        sink.append(_completion_positions(hidden.detach(), logits_to_keep))
 
     return backbone.register_forward_hook(keep)
 

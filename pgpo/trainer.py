@@ -56,21 +56,10 @@ class _DependencyScorer:
         self.trainer, self.model, self.logits_to_keep = trainer, model, logits_to_keep
         self.scores: list[torch.Tensor] = []
 
-    def __call__(self, input_ids, attention_mask, labels=None, fused_lm_head=True, **kwargs):
+    def __call__(self, input_ids, attention_mask, **kwargs):
         K = self.logits_to_keep
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
-        batch.pop("output_router_logits", None)
-        text = self.trainer._text_only(batch, K)
-        out = compute_visual_dependency(
-            self.model,
-            batch,
-            text,
-            K,
-            attention_mask[:, -K:],
-            chunk_size=self.trainer.args.dependency_chunk_size,
-            temperature=self.trainer.temperature,
-            return_logps=True,
-        )
+        out = self.trainer._score_micro_batch(self.model, batch, K, return_logps=True)
         self.scores.append(out.scores)
         log_probs = out.logps.new_zeros(input_ids.shape[0], input_ids.shape[1] - 1)
         log_probs[:, -K:] = out.logps
@@ -98,18 +87,7 @@ class _TrainingForwardScorer:
         if len(states) != 1:
             raise RuntimeError(f"expected one backbone forward in the training step, saw {len(states)}")
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
-        for key in ("labels", "fused_lm_head", "output_router_logits"):
-            batch.pop(key, None)
-        out = dependency_given_image_states(
-            self.model,
-            states[0],
-            self.trainer._text_only(batch, K),
-            K,
-            attention_mask[:, -K:],
-            chunk_size=self.trainer.args.dependency_chunk_size,
-            temperature=self.trainer.temperature,
-        )
-        self.scores.append(out.scores)
+        self.scores.append(self.trainer._score_micro_batch(self.model, batch, K, image_states=states[0]).scores)
         return outputs
 
 
@@ -155,6 +133,20 @@ class PGPOTrainer(GRPOTrainer):
             mode=self.args.text_only_mode,
             noise_seed=self.state.global_step,
         )
+
+    def _score_micro_batch(self, model, batch: dict, logits_to_keep: int, image_states=None, return_logps=False):
+        """Visual dependency of one micro-batch as TRL hands it to the model (its own keywords dropped): the
+        image-conditioned forward runs here unless ``image_states`` (the backbone's, from another forward) are given.
+        """
+        batch = {k: v for k, v in batch.items() if k not in ("labels", "fused_lm_head", "output_router_logits")}
+        K = logits_to_keep
+        text, mask = self._text_only(batch, K), batch["attention_mask"][:, -K:]
+        options = dict(
+            chunk_size=self.args.dependency_chunk_size, temperature=self.temperature, return_logps=return_logps
+        )
+        if image_states is None:
+            return compute_visual_dependency(model, batch, text, K, mask, **options)
+        return dependency_given_image_states(model, image_states, text, K, mask, **options)
 
     def _trl_runs_old_logps_pass(self) -> bool:
         """Mirror of the condition under which TRL computes old log-probs in ``_generate_and_score_completions``."""
