@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from pgpo.checkpoint import check_save_schedule
 from pgpo.dependency import DEFAULT_CHUNK_SIZE
 from pgpo.inputs import TEXT_ONLY_MODES
 from pgpo.shaping import PGPOShapingConfig, VPPOShapingConfig
@@ -93,6 +95,21 @@ class PGPOConfig(GRPOConfig):
             raise ValueError(f"dependency_chunk_size must be >= 1, got {self.dependency_chunk_size}")
         self.pgpo_shaping_config()  # validates the ranges early, with the same messages
         self.vppo_shaping_config()
+        self._check_save_schedule()
+
+    def _check_save_schedule(self) -> None:
+        """Checkpoints must fall between TRL's generation batches to be resumable exactly
+        (:func:`pgpo.checkpoint.check_save_schedule`); a fraction of a length not known yet is checked at resume."""
+        if self.save_strategy != "steps" or self.save_only_model:
+            return
+        save_steps = self.save_steps
+        if save_steps < 1:
+            if self.max_steps <= 0:
+                return
+            save_steps = math.ceil(self.max_steps * save_steps)
+        check_save_schedule(
+            int(save_steps), self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations
+        )
 
     def pgpo_shaping_config(self) -> PGPOShapingConfig:
         return PGPOShapingConfig(
