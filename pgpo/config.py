@@ -14,6 +14,7 @@ from typing import Literal
 
 from trl import GRPOConfig
 
+from pgpo.checkpoint import check_save_schedule
 from pgpo.dependency import DEFAULT_CHUNK_SIZE, ESTIMATORS, VPPO_K3_CLAMP
 from pgpo.shaping import SHAPING_METHODS, PGPOShapingConfig, get_shaping
 from pgpo.text_only import TEXT_ONLY_MODES
@@ -134,6 +135,21 @@ class PGPOConfig(GRPOConfig):
                 f"(loss_type in {SHAPEABLE_LOSS_TYPES}); got loss_type={self.loss_type!r}"
             )
         self.shaping_config()  # validates the method's own options (finite, in range), naming the option
+        self._check_save_schedule()
+
+    def _check_save_schedule(self) -> None:
+        """Checkpoints must fall between TRL's generation batches to be resumable exactly
+        (:func:`pgpo.checkpoint.check_save_schedule`); a fraction of a length not known yet is checked at resume."""
+        if self.save_strategy != "steps" or self.save_only_model:
+            return
+        save_steps = self.save_steps
+        if save_steps < 1:
+            if self.max_steps <= 0:
+                return
+            save_steps = math.ceil(self.max_steps * save_steps)
+        check_save_schedule(
+            int(save_steps), self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations
+        )
 
     @property
     def shaping(self):

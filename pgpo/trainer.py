@@ -35,9 +35,11 @@ import os
 from types import SimpleNamespace
 
 import torch
+from transformers.utils import is_sagemaker_mp_enabled
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
+from pgpo import checkpoint as ckpt
 from pgpo.config import PGPOConfig
 from pgpo.dependency import score_batch
 from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, image_token_spec
@@ -45,7 +47,6 @@ from pgpo.validation import named_reward, validate_dataset
 
 logger = logging.getLogger(__name__)
 
-PGPO_STATE_FILE = "pgpo_state.json"
 DEPENDENCY_SOURCES = ("none", "trl_old_logps", "training_forward", "own_pass")
 # The keyword arguments TRL's _get_per_token_logps_and_entropies takes for the image tensors.
 _TRL_FORWARD_KEYS = tuple(
@@ -307,15 +308,53 @@ class PGPOTrainer(GRPOTrainer):
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            with open(os.path.join(folder, PGPO_STATE_FILE), "w") as f:
+    # Exact restore or a clear error (pgpo.checkpoint): transformers' plain resume loads the raw checkpoint keys with
+    # strict=False and, for models with a key conversion (Qwen2.5-VL), restores almost none of them.
+    def _save_optimizer_and_scheduler(self, output_dir):
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:  # before trainer_state.json, which Trainer writes last: a complete folder has both
+            with open(os.path.join(output_dir, ckpt.PGPO_STATE_FILE), "w") as f:
                 json.dump({"grad_norm_stats": self._grad_norm_stats}, f)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if model is not None or self.is_fsdp_enabled or self.is_deepspeed_enabled:  # their own checkpoint formats
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        args, folder = self.args, resume_from_checkpoint
+        ckpt.check_checkpoint_files(folder, ckpt.is_peft_model(self.model), args.process_index, args.world_size)
+        step = ckpt.read_json(os.path.join(folder, ckpt.TRAINER_STATE_FILE))["global_step"]
+        ckpt.check_resume_step(
+            folder, step, args.gradient_accumulation_steps, args.steps_per_generation, self.num_iterations
+        )
+        ckpt.load_checkpoint(self.model, folder)
+
+    def _load_best_model(self):
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or is_sagemaker_mp_enabled():
+            return super()._load_best_model()
+        ckpt.load_checkpoint(self.model, self.state.best_model_checkpoint)
+
     def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None and os.path.exists(os.path.join(checkpoint, PGPO_STATE_FILE)):
-            with open(os.path.join(checkpoint, PGPO_STATE_FILE)) as f:
-                self._grad_norm_stats = json.load(f)["grad_norm_stats"]
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except Exception as e:
+            files = f"{os.path.join(checkpoint, 'optimizer.pt')} / {os.path.join(checkpoint, 'scheduler.pt')}"
+            raise ckpt.CheckpointError(
+                f"checkpoint {checkpoint}: cannot restore the optimizer and schedule from {files}: {e}"
+            ) from e
+        if checkpoint is None:
+            return
+        state = ckpt.read_pgpo_state(checkpoint)
+        if state is None:  # warned: the statistics restart
+            self._grad_norm_stats = {"n": 0, "mean": 0.0, "m2": 0.0}
+        else:
+            if not isinstance(state.get("grad_norm_stats"), dict):
+                raise ckpt.unreadable(os.path.join(checkpoint, ckpt.PGPO_STATE_FILE), "has no grad_norm_stats")
+            self._grad_norm_stats = state["grad_norm_stats"]
+
+    def _load_rng_state(self, checkpoint):
+        try:
+            super()._load_rng_state(checkpoint)
+        except Exception as e:
+            name = "rng_state.pth" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}.pth"
+            raise ckpt.unreadable(
+                os.path.join(checkpoint, name), f"cannot be restored ({type(e).__name__}: {e})"
+            ) from e
