@@ -16,10 +16,34 @@ from trl import GRPOConfig
 
 from pgpo.checkpoint import check_save_schedule
 from pgpo.dependency import DEFAULT_CHUNK_SIZE, ESTIMATORS, VPPO_K3_CLAMP
+from pgpo.loss_terms import get_loss_term
 from pgpo.shaping import SHAPING_METHODS, PGPOShapingConfig, get_shaping
 from pgpo.text_only import TEXT_ONLY_MODES
 
 K3_CLAMPS = {"none": None, "vppo": VPPO_K3_CLAMP}
+# Float options checked finite at start (NaN / inf would train silently or turn a method into another).
+FINITE_OPTIONS = (
+    "epsilon",
+    "epsilon_high",
+    "beta",
+    "temperature",
+    "top_p",
+    "learning_rate",
+    "max_grad_norm",
+    "weight_decay",
+    "pgpo_tau",
+    "pgpo_beta",
+    "pgpo_eps",
+    "patch_blackout_prob",
+    "vppo_top_p_tokens",
+    "vppo_advantage_scaling_min",
+    "dynamic_sampling_low",
+    "dynamic_sampling_high",
+    "entropy_penalty_coef",
+    "papo_coef",
+    "papo_mask_prob",
+    "papo_masked_entropy_coef",
+)
 # TRL loss types whose per-token loss is ratio x advantage, so a [B, T] advantage means per-token credit.
 SHAPEABLE_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
 
@@ -60,12 +84,16 @@ class PGPOConfig(GRPOConfig):
             "token) or 'kl' (the exact full-vocabulary KL of Eq. 1; costs an own image-conditioned pass)."
         },
     )
-    text_only_mode: Literal["mask", "remove_reindex", "blank"] = field(
+    text_only_mode: Literal["mask", "remove_reindex", "blank", "patch_blackout"] = field(
         default="mask",
         metadata={
             "help": "The blind pass: 'mask' (the paper's: visual tokens masked out, original position ids kept), "
-            "'remove_reindex' (image spans deleted, positions recomputed: not the paper's) or 'blank' (zero pixels)."
+            "'remove_reindex' (image spans deleted, positions recomputed: not the paper's), 'blank' (zero pixels) "
+            "or 'patch_blackout' (VPPO's: 14-px patches blackened with probability patch_blackout_prob)."
         },
+    )
+    patch_blackout_prob: float = field(
+        default=0.5, metadata={"help": "text_only_mode='patch_blackout': probability of blackening each patch."}
     )
     mask_vision_delimiters: bool = field(
         default=False,
@@ -91,12 +119,55 @@ class PGPOConfig(GRPOConfig):
         default=False,
         metadata={"help": "Score (and log) visual dependency even when advantage_shaping='none', e.g. for DAPO runs."},
     )
-    filter_zero_advantage: bool = field(
+    dynamic_sampling: bool = field(
         default=False,
         metadata={
-            "help": "Mask completions whose advantage is exactly 0 (groups with identical rewards) out of the loss "
-            "(without refilling the batch)."
+            "help": "DAPO's dynamic sampling with refill: drop groups whose mean reward is not strictly inside "
+            "(dynamic_sampling_low, dynamic_sampling_high) and generate more groups until the batch is full "
+            "(pgpo.sampling). On in the dapo / pgpo / vppo / papo presets."
         },
+    )
+    dynamic_sampling_low: float = field(default=0.01, metadata={"help": "Dynamic sampling: lower bound (exclusive)."})
+    dynamic_sampling_high: float = field(default=0.99, metadata={"help": "Dynamic sampling: upper bound (exclusive)."})
+    dynamic_sampling_key: str = field(
+        default="reward",
+        metadata={
+            "help": "What the group mean is taken of: 'reward' (the weighted total, EasyR1's 'overall') or the name of "
+            "one reward function (e.g. paper_accuracy_reward, the key VPPO's and PAPO's scripts use)."
+        },
+    )
+    max_sampling_rounds: int = field(
+        default=20, metadata={"help": "Dynamic sampling: generation rounds per batch at most (EasyR1's default 20)."}
+    )
+    dynamic_sampling_fallback: Literal["raise", "fill"] = field(
+        default="raise",
+        metadata={
+            "help": "When the rounds run out: 'raise' (EasyR1) or 'fill' the batch with filtered groups (advantage ~0), "
+            "counted in dynamic_sampling/filled_frac."
+        },
+    )
+    loss_terms: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Extra loss terms by registered name (pgpo.loss_terms): entropy_penalty, papo_perception, "
+            "papo_masked_entropy."
+        },
+    )
+    entropy_penalty_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "entropy_penalty: coefficient of mean(-log pi) of the sampled tokens (VPPO 0.06, PAPO 0.03)."
+        },
+    )
+    papo_coef: float = field(
+        default=0.01, metadata={"help": "papo_perception: coefficient (PAPO: 0.01 on DAPO, 0.02 on GRPO)."}
+    )
+    papo_mask_prob: float = field(
+        default=0.6,
+        metadata={"help": "PAPO: probability of blackening each 14-px patch of the raw image (one mask per prompt)."},
+    )
+    papo_masked_entropy_coef: float = field(
+        default=0.03, metadata={"help": "papo_masked_entropy: coefficient (PAPO's DAPO scripts: 0.03; no gradient)."}
     )
     vppo_top_p_tokens: float = field(
         default=0.2,
@@ -125,10 +196,29 @@ class PGPOConfig(GRPOConfig):
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.dependency_chunk_size < 1:
             raise ValueError(f"dependency_chunk_size must be >= 1, got {self.dependency_chunk_size}")
-        for name in ("epsilon", "epsilon_high", "beta", "temperature", "learning_rate"):
+        for name in FINITE_OPTIONS:
             value = getattr(self, name, None)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
+        for name in ("patch_blackout_prob", "papo_mask_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("entropy_penalty_coef", "papo_coef", "papo_masked_entropy_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dynamic_sampling_low < self.dynamic_sampling_high:
+            raise ValueError(
+                f"need 0 <= dynamic_sampling_low < dynamic_sampling_high, got {self.dynamic_sampling_low}, "
+                f"{self.dynamic_sampling_high}"
+            )
+        if self.max_sampling_rounds < 1:
+            raise ValueError(f"max_sampling_rounds must be >= 1, got {self.max_sampling_rounds}")
+        if self.dynamic_sampling_fallback not in ("raise", "fill"):
+            raise ValueError(
+                f"dynamic_sampling_fallback must be 'raise' or 'fill', got {self.dynamic_sampling_fallback!r}"
+            )
+        for name in self.loss_terms:
+            get_loss_term(name)
         if self.shaping.name != "none" and self.loss_type not in SHAPEABLE_LOSS_TYPES:
             raise ValueError(
                 f"advantage_shaping={self.advantage_shaping!r} needs a loss whose per-token term is ratio x advantage "
@@ -171,18 +261,78 @@ class PGPOConfig(GRPOConfig):
 
 SHAPINGS = tuple(SHAPING_METHODS)
 
-# The algorithms users compare, each "one config away": overrides applied on top of a PGPOConfig.
+# --------------------------------------------------------------------------------------------------- presets
+# Each preset is the recipe of the paper that defines the algorithm, on the PGPO paper's shared setup (Table 6), so
+# that `--algorithm X` runs the baselines as the paper re-ran them (README: "preset -> what it sets -> source").
+# Explicit options override a preset. Reward functions are not config fields: PRESET_REWARDS (used by `pgpo train`).
+PAPER_SETUP = {  # Table 6 / Sec. 5.1: G = 5, AdamW lr 1e-6 constant, rollout temperature 1.0, top-p 0.99, 2048 tokens
+    "num_generations": 5,
+    "learning_rate": 1e-6,
+    "lr_scheduler_type": "constant",
+    "temperature": 1.0,
+    "top_p": 0.99,
+    "max_completion_length": 2048,
+    "reward_weights": [0.9, 0.1],  # 0.9 accuracy + 0.1 format (PRESET_REWARDS)
+}
+DAPO = {  # DAPO (arXiv 2503.14476) as EasyR1 runs it: clip-higher, token-level mean, no KL, dynamic sampling
+    "advantage_shaping": "none",
+    "loss_type": "dapo",
+    "epsilon": 0.2,
+    "epsilon_high": 0.28,
+    "beta": 0.0,
+    "dynamic_sampling": True,
+    "mask_truncated_completions": True,  # DAPO's overlong filtering
+}
+GRPO = {  # GRPO as the paper re-ran it in EasyR1: token-level mean, symmetric clip 0.2, k3 KL 0.01 to the reference
+    "advantage_shaping": "none",
+    "loss_type": "dapo",
+    "epsilon": 0.2,
+    "epsilon_high": 0.2,
+    "beta": 0.01,
+    "dynamic_sampling": False,
+}
+PGPO = {  # the paper's method (Eqs. 4-8) with its defaults
+    "advantage_shaping": "pgpo",
+    "dependency_estimator": "k3",
+    "text_only_mode": "mask",
+    "pgpo_tau": 0.4,
+    "pgpo_beta": 2.0,
+}
 ALGORITHM_PRESETS: dict[str, dict] = {
-    "grpo": {"advantage_shaping": "none", "loss_type": "grpo", "epsilon_high": None},
-    "dapo": {
+    "grpo": {**PAPER_SETUP, **GRPO},
+    "dapo": {**PAPER_SETUP, **DAPO},
+    "dr_grpo": {  # Dr. GRPO (arXiv 2503.20783): no length or std normalisation
+        **PAPER_SETUP,
         "advantage_shaping": "none",
-        "loss_type": "dapo",
-        "epsilon_high": 0.28,
-        "filter_zero_advantage": True,
-        "mask_truncated_completions": True,
+        "loss_type": "dr_grpo",
+        "scale_rewards": "none",
+        "epsilon_high": 0.2,
+        "beta": 0.0,
     },
-    "dr_grpo": {"advantage_shaping": "none", "loss_type": "dr_grpo", "scale_rewards": "none", "epsilon_high": None},
-    "vppo": {"advantage_shaping": "vppo", "loss_type": "grpo", "k3_clamp": "vppo", "text_only_mode": "blank"},
-    "pgpo": {"advantage_shaping": "pgpo", "loss_type": "dapo", "epsilon_high": 0.28},
+    "pgpo": {**PAPER_SETUP, **DAPO, **PGPO},  # PGPO on DAPO: the paper's main recipe
+    "pgpo_grpo": {**PAPER_SETUP, **GRPO, **PGPO},  # PGPO on GRPO (App. B, Table 7)
+    "vppo": {  # VPPO (arXiv 2510.09285) as VPPO-RL's 7B script runs it, on DAPO
+        **PAPER_SETUP,
+        **DAPO,
+        "advantage_shaping": "vppo",
+        "dependency_estimator": "k3",
+        "text_only_mode": "patch_blackout",
+        "patch_blackout_prob": 0.5,
+        "k3_clamp": "vppo",
+        "vppo_top_p_tokens": 0.4,
+        "vppo_advantage_scaling_min": 0.9,
+        "loss_terms": ["entropy_penalty"],
+        "entropy_penalty_coef": 0.06,
+    },
+    "papo": {  # PAPO-D (arXiv 2507.06448) as MikeWangWZHL/PAPO's DAPO scripts run it
+        **PAPER_SETUP,
+        **DAPO,
+        "loss_terms": ["papo_perception", "entropy_penalty", "papo_masked_entropy"],
+        "papo_coef": 0.01,
+        "papo_mask_prob": 0.6,
+        "entropy_penalty_coef": 0.03,
+        "papo_masked_entropy_coef": 0.03,
+    },
 }
 ALGORITHMS = tuple(ALGORITHM_PRESETS)
+PRESET_REWARDS = {name: ["paper_accuracy", "paper_format"] for name in ALGORITHMS}

@@ -363,6 +363,9 @@ def score_batch(
     pad_token_id: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     logps_fn: Callable[[dict], torch.Tensor] | None = None,
+    patch_prob: float = 0.5,
+    black: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Visual dependency ``S_t`` (Eq. 1) of every completion token of a processed VLM batch, ``[B, logits_to_keep]``.
 
@@ -383,6 +386,8 @@ def score_batch(
         spec: the image token ids (default: read from the model config).
         logps_fn: ``batch -> [B, T]`` log-probs of the sampled tokens (default :func:`sampled_token_logps`); a trainer
             passes its own (TRL's fused LM head) so both passes use one kernel.
+        patch_prob, black, generator: ``text_only_mode="patch_blackout"`` (VPPO): the probability per patch, the black
+            pixel after normalisation (:func:`pgpo.text_only.black_pixel`) and a seeded generator.
 
     Returns:
         float32 ``[B, T]``, ``>= 0``, exactly 0 where ``completion_mask`` is 0.
@@ -401,6 +406,9 @@ def score_batch(
         position_ids=positions,
         pad_token_id=pad_token_id,
         mask_delimiters=mask_delimiters,
+        patch_prob=patch_prob,
+        black=black,
+        generator=generator,
     )
     if estimator == "kl":
         return compute_visual_dependency(model, batch, blind, T, mask, chunk_size, temperature).scores

@@ -17,6 +17,15 @@ positions of every later token) and a zero image. Modes (``text_only_mode``):
   recomputes positions, so every token after the image moves.
 * ``"blank"``: the ids are kept and ``pixel_values`` are zeroed (the mean image after the processor's normalisation;
   also rejected by the paper, kept for comparison).
+* ``"patch_blackout"`` (VPPO's perturbation, arXiv 2510.09285): the ids are kept and each 14-px cell of the processed
+  image is blackened with probability ``p`` (0.5), a fresh mask per rollout, from a seeded generator
+  (:func:`blacken_patches`). On Qwen2/2.5/3-VL every row of ``pixel_values`` is one 14-px patch, so the cells are
+  exactly the ViT's patches of the resized image; "black" is pixel value 0 after the processor's normalisation
+  (:func:`black_pixel`). VPPO-RL blackens the image before the processor's own resize to multiples of 28, with an
+  unseeded generator; here the mask is aligned to the model's patches and reproducible.
+
+PAPO's mask (arXiv 2507.06448; 0.6, one mask per prompt, on the raw image before any resizing) is
+:func:`blacken_image` on PIL images.
 
 Everything here is pure tensor code; the token ids come from the model config (:func:`image_token_spec`).
 """
@@ -29,8 +38,9 @@ from typing import Literal
 
 import torch
 
-TextOnlyMode = Literal["mask", "remove_reindex", "blank"]
-TEXT_ONLY_MODES: tuple[str, ...] = ("mask", "remove_reindex", "blank")
+TextOnlyMode = Literal["mask", "remove_reindex", "blank", "patch_blackout"]
+TEXT_ONLY_MODES: tuple[str, ...] = ("mask", "remove_reindex", "blank", "patch_blackout")
+PATCH_SIZE = 14  # VPPO's and PAPO's cell size; the ViT patch of Qwen2/2.5/3-VL
 # Keys of a processed batch that carry the image: the one list (the trainer, the scorer and the bench use it).
 IMAGE_KEYS = (
     "pixel_values",
@@ -290,6 +300,76 @@ def blank_batch(batch: dict, logits_to_keep: int) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------- patch blackening
+
+
+def black_pixel(image_processor) -> torch.Tensor:
+    """``[C]``: the value a black pixel (0) has after the image processor's rescaling and normalisation."""
+    mean = getattr(image_processor, "image_mean", None)
+    std = getattr(image_processor, "image_std", None)
+    if mean is None or std is None or not getattr(image_processor, "do_normalize", True):
+        return torch.zeros(3)
+    return -torch.tensor(mean, dtype=torch.float64) / torch.tensor(std, dtype=torch.float64)
+
+
+def blacken_patches(
+    pixel_values: torch.Tensor,
+    prob: float,
+    black: torch.Tensor,
+    generator: torch.Generator,
+    patch_size: int = PATCH_SIZE,
+) -> torch.Tensor:
+    """Blacken each patch of processed images with probability ``prob``, independently (a new tensor).
+
+    ``pixel_values`` is either Qwen-VL's flattened patches ``[n_patches, C * T * P * P]`` (each row one ``P``-px patch,
+    channel-major: every row is a cell) or images ``[N, C, H, W]`` (cells of ``patch_size`` px from the top-left,
+    partial cells at the right and bottom edges included). ``black`` is :func:`black_pixel`.
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"patch blackout probability must be in [0, 1], got {prob}")
+    out = pixel_values.clone()
+    black = black.to(out.dtype).to(out.device)
+    if out.dim() == 2:
+        channels = black.numel()
+        if out.shape[1] % channels:
+            raise ValueError(f"pixel_values rows of {out.shape[1]} values do not split into {channels} channels")
+        row = black.repeat_interleave(out.shape[1] // channels)
+        hit = torch.rand(out.shape[0], generator=generator).to(out.device) < prob
+        out[hit] = row
+        return out
+    if out.dim() != 4:
+        raise ValueError(f"pixel_values must be [n_patches, D] or [N, C, H, W], got {tuple(out.shape)}")
+    n, c, h, w = out.shape
+    cells = torch.rand(n, -(-h // patch_size), -(-w // patch_size), generator=generator) < prob
+    hit = cells.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)[:, :h, :w].to(out.device)
+    return torch.where(hit[:, None], black.view(1, c, 1, 1).expand_as(out), out)
+
+
+def blacken_image(image, prob: float, generator: torch.Generator, patch_size: int = PATCH_SIZE):
+    """PAPO's mask on a raw PIL image (before any resizing): each ``patch_size``-px cell black with probability
+    ``prob``; returns a new RGB image of the same size."""
+    import numpy as np
+    from PIL import Image
+
+    array = np.array(image.convert("RGB"))
+    h, w = array.shape[:2]
+    cells = (torch.rand(-(-h // patch_size), -(-w // patch_size), generator=generator) < prob).numpy()
+    hit = cells.repeat(patch_size, 0).repeat(patch_size, 1)[:h, :w]
+    array[hit] = 0
+    return Image.fromarray(array)
+
+
+def patch_blackout_batch(
+    batch: dict, logits_to_keep: int, prob: float, black: torch.Tensor, generator: torch.Generator
+) -> dict:
+    """``text_only_mode="patch_blackout"``: the same ids, ``pixel_values`` with blackened patches (VPPO)."""
+    _check_batch(batch, logits_to_keep)
+    out = dict(batch)
+    if "pixel_values" in batch:
+        out["pixel_values"] = blacken_patches(batch["pixel_values"], prob, black, generator)
+    return out
+
+
 def counterfactual_batch(
     batch: dict,
     logits_to_keep: int,
@@ -299,10 +379,14 @@ def counterfactual_batch(
     position_ids: torch.Tensor | None = None,
     pad_token_id: int = 0,
     mask_delimiters: bool = False,
+    patch_prob: float = 0.5,
+    black: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> dict:
     """The "without the image" counterpart of a prompt+completion batch in the given mode (see the module docstring).
 
-    Its last ``logits_to_keep`` columns are the same completion tokens, in the same order.
+    Its last ``logits_to_keep`` columns are the same completion tokens, in the same order. ``patch_prob``, ``black``
+    and ``generator`` are for ``"patch_blackout"``.
     """
     if mode == "mask":
         if position_ids is None:
@@ -312,4 +396,8 @@ def counterfactual_batch(
         return remove_reindex_batch(batch, logits_to_keep, spec, pad_token_id)
     if mode == "blank":
         return blank_batch(batch, logits_to_keep)
+    if mode == "patch_blackout":
+        if black is None or generator is None:
+            raise ValueError("text_only_mode='patch_blackout' needs the black pixel value and a seeded generator")
+        return patch_blackout_batch(batch, logits_to_keep, patch_prob, black, generator)
     raise ValueError(f"text_only_mode must be one of {TEXT_ONLY_MODES}, got {mode!r}")

@@ -42,7 +42,9 @@ from trl.models.utils import disable_gradient_checkpointing
 from pgpo import checkpoint as ckpt
 from pgpo.config import PGPOConfig
 from pgpo.dependency import score_batch
-from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, image_token_spec
+from pgpo.loss_terms import LossContext, get_loss_term
+from pgpo.sampling import DynamicSampler, RefillStream, check_layout
+from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, black_pixel, blacken_image, image_token_spec
 from pgpo.validation import named_reward, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -116,8 +118,15 @@ class PGPOTrainer(GRPOTrainer):
             self.args.text_only_mode,
             self.dependency_source,
         )
-        self._loss_inputs: dict | None = None
+        self._loss_inputs: dict | None = None  # the micro-batch of the training forward in progress
+        self._loss_logps: torch.Tensor | None = None  # its log-probs, with gradient (for the loss terms)
         self._grad_norm_stats = {"n": 0, "mean": 0.0, "m2": 0.0}
+        self._loss_terms = [(get_loss_term(n), get_loss_term(n).config(self.args)) for n in self.args.loss_terms]
+        self._needs = {need for term, _ in self._loss_terms for need in term.needs}
+        image_processor = getattr(self.processing_class, "image_processor", None)
+        self._black = black_pixel(image_processor) if image_processor is not None else torch.zeros(3)
+        self._round_rewards: torch.Tensor | None = None
+        self._sampler = self._build_sampler() if self.args.dynamic_sampling else None
 
     # ----------------------------------------------------------------------------------------------- the plan
     def _trl_runs_old_logps_pass(self) -> bool:
@@ -138,6 +147,58 @@ class PGPOTrainer(GRPOTrainer):
         if self.args.dependency_from_training_forward and self._shaping.per_response:
             return "training_forward"
         return "own_pass"
+
+    def _build_sampler(self) -> DynamicSampler:
+        """DAPO's dynamic sampling (:mod:`pgpo.sampling`): checked and built once."""
+        from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+
+        args = self.args
+        if not hasattr(self.train_dataset, "__getitem__") or not hasattr(self.train_dataset, "__len__"):
+            raise ValueError("dynamic_sampling needs a map-style training dataset (refill prompts are drawn by index)")
+        check_layout(args.per_device_train_batch_size, args.steps_per_generation, self.num_generations)
+        key = args.dynamic_sampling_key
+        if key != "reward" and key not in self.reward_func_names:
+            raise ValueError(
+                f"dynamic_sampling_key={key!r} is neither 'reward' nor a reward function of this run "
+                f"({self.reward_func_names})"
+            )
+        refill = RefillStream(
+            self.train_dataset,
+            self.num_generations,
+            args.generation_batch_size // self.num_generations,
+            self.accelerator.num_processes,
+            self.accelerator.process_index,
+            seed=args.seed + 1,
+        )
+        return DynamicSampler(
+            generate=super()._generate_and_score_completions,
+            rewards_of_last_round=self._filter_rewards,
+            gather=self.accelerator.gather,
+            split=split_pixel_values_by_grid,
+            unsplit=unsplit_pixel_values_by_grid,
+            refill=refill,
+            rank=self.accelerator.process_index,
+            num_generations=self.num_generations,
+            low=args.dynamic_sampling_low,
+            high=args.dynamic_sampling_high,
+            max_rounds=args.max_sampling_rounds,
+            fallback=args.dynamic_sampling_fallback,
+            pad_token_id=self._tokenizer.pad_token_id or 0,
+        )
+
+    def _filter_rewards(self) -> torch.Tensor:
+        """``[N_global]``: the dynamic-sampling key of the round just scored (NaN for unscorable completions)."""
+        per_func = self._round_rewards
+        if self.args.dynamic_sampling_key == "reward":
+            weights = self.reward_weights.to(per_func.device)
+            total = (per_func * weights).nansum(dim=1)
+            return torch.where(torch.isnan(per_func).all(dim=1), torch.full_like(total, float("nan")), total)
+        return per_func[:, self.reward_func_names.index(self.args.dynamic_sampling_key)]
+
+    def _generator(self, *salt: int) -> torch.Generator:
+        """A generator seeded by the run's seed, the step, the process and ``salt``: reproducible masks."""
+        key = (self.args.seed, self.state.global_step, self.accelerator.process_index, *salt)
+        return torch.Generator().manual_seed(hash(key) % (2**63))
 
     # ----------------------------------------------------------------------------------------------- scoring
     def _sampled_logps(self, batch: dict, logits_to_keep: int) -> torch.Tensor:
@@ -180,6 +241,9 @@ class PGPOTrainer(GRPOTrainer):
             pad_token_id=self._tokenizer.pad_token_id or 0,
             chunk_size=args.dependency_chunk_size,
             logps_fn=lambda b: self._sampled_logps(b, logits_to_keep),
+            patch_prob=args.patch_blackout_prob,
+            black=self._black,
+            generator=self._generator(0) if args.text_only_mode == "patch_blackout" else None,
         )
 
     def _dependency(self, inputs: dict, image_logps: torch.Tensor | None = None) -> torch.Tensor:
@@ -203,25 +267,67 @@ class PGPOTrainer(GRPOTrainer):
 
     # ----------------------------------------------------------------------------------------------- TRL seams
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
-        if self.args.filter_zero_advantage:
-            keep = (output["advantages"] != 0).to(output["completion_mask"].dtype)
-            self._metrics[mode]["dapo/frac_filtered"].append(1.0 - keep.float().mean().item())
-            output["completion_mask"] = output["completion_mask"] * keep[:, None]
+        if self._sampler is not None and mode == "train":
+            output, inputs = self._dynamic_sample(inputs)
+        else:
+            output = super()._generate_and_score_completions(inputs)
+        if "masked_image_logps" in self._needs:
+            output["masked_image_logps"] = self._masked_image_logps(output, inputs)
         if self.dependency_source in ("none", "training_forward"):
             return output  # nothing to score, or scored and shaped in each micro-batch's training forward
         image_logps = output.get("old_per_token_logps") if self.dependency_source == "trl_old_logps" else None
         self._shape_advantages(output, self._dependency(output, image_logps), mode)
         return output
 
+    def _dynamic_sample(self, inputs: list[dict]) -> tuple[dict, list[dict]]:
+        """Rounds of TRL's generation until the batch holds only kept groups (:class:`pgpo.sampling.DynamicSampler`);
+        returns the merged output and its input rows."""
+        output, stats, rows = self._sampler.sample(inputs)
+        mask = (
+            output["completion_mask"] if "tool_mask" not in output else output["completion_mask"] * output["tool_mask"]
+        )
+        output["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        m = self._metrics["train"]
+        m["dynamic_sampling/rounds"].append(float(stats.rounds))
+        m["dynamic_sampling/kept_frac"].append(stats.kept_frac)
+        m["dynamic_sampling/prompts_consumed"].append(float(stats.generated_groups))
+        filled = self.accelerator.gather(torch.tensor([stats.filled_groups], device=mask.device)).sum().item()
+        m["dynamic_sampling/filled_frac"].append(filled / max(stats.local_groups * self.accelerator.num_processes, 1))
+        return output, rows
+
+    def _masked_image_logps(self, output: dict, rows: list[dict]) -> torch.Tensor:
+        """PAPO's ``log pi_old`` of the sampled tokens with the image masked (one mask per prompt, on the raw image
+        before any resizing, :func:`pgpo.text_only.blacken_image`), without gradient."""
+        image_processor = getattr(self.processing_class, "image_processor", None)
+        if image_processor is None or "pixel_values" not in output:
+            raise ValueError("papo loss terms need a multimodal batch and a processor with an image_processor")
+        masked = []
+        for i, row in enumerate(rows):
+            images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+            gen = self._generator(1, i // self.num_generations)  # the same mask for the G rollouts of a prompt
+            masked += [blacken_image(img, self.args.papo_mask_prob, gen) for img in images]
+        processed = image_processor(images=masked, return_tensors="pt")
+        batch = {k: output[k] for k in _TRL_FORWARD_KEYS if k in output}
+        pixels = processed["pixel_values"].to(output["pixel_values"].device, output["pixel_values"].dtype)
+        if pixels.shape != output["pixel_values"].shape or (
+            "image_grid_thw" in processed
+            and not torch.equal(processed["image_grid_thw"].cpu(), output["image_grid_thw"].cpu())
+        ):
+            raise RuntimeError("the masked images were processed to a different size than the originals")
+        batch["pixel_values"] = pixels
+        batch["input_ids"] = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        batch["attention_mask"] = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        return self._sampled_logps(batch, output["completion_ids"].shape[1])
+
     def _compute_loss(self, model, inputs):
-        if self.dependency_source == "training_forward":
-            self._loss_inputs = inputs  # picked up by the training forward in _get_per_token_logps_and_entropies
+        self._loss_inputs = inputs  # picked up by the training forward in _get_per_token_logps_and_entropies
         try:
             loss = super()._compute_loss(model, inputs)
+            if self._loss_terms:
+                loss = loss + self._extra_loss(inputs)
         finally:
-            self._loss_inputs = None
+            self._loss_inputs, self._loss_logps = None, None
         if not torch.isfinite(loss).all():
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: the model produced NaN/inf "
@@ -234,15 +340,39 @@ class PGPOTrainer(GRPOTrainer):
             model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
         )
         inputs, self._loss_inputs = self._loss_inputs, None
-        # The training forward of a micro-batch: its detached log-probs are log pi_img. A micro-batch trained twice
-        # in one accumulation window (num_iterations > 1 with no old-log-prob pass) is shaped already.
-        if inputs is not None and inputs["advantages"].dim() == 1:
+        if inputs is not None:  # the training forward of a micro-batch
+            self._loss_logps = out[0]
+        # Its detached log-probs are log pi_img. A micro-batch trained twice in one accumulation window
+        # (num_iterations > 1 with no old-log-prob pass) is shaped already.
+        if inputs is not None and self.dependency_source == "training_forward" and inputs["advantages"].dim() == 1:
             mode = "train" if self.model.training else "eval"
             self._shape_advantages(inputs, self._dependency(inputs, image_logps=out[0].detach()), mode)
         return out
 
+    def _extra_loss(self, inputs: dict) -> torch.Tensor:
+        """The registered loss terms (:mod:`pgpo.loss_terms`) on this micro-batch, with their metrics."""
+        mode = "train" if self.model.training else "eval"
+        mask = (
+            inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        )
+        ctx = LossContext(
+            logps=self._loss_logps,
+            mask=mask,
+            inputs=inputs,
+            accumulation=self.current_gradient_accumulation_steps if mode == "train" else 1.0,
+        )
+        total = 0.0
+        for term, cfg in self._loss_terms:
+            value, metrics = term.fn(ctx, cfg)
+            total = total + value
+            self._metrics[mode][f"loss_terms/{term.name}"].append(value.item() * ctx.accumulation)
+            for key, v in metrics.items():
+                self._metrics[mode][f"loss_terms/{key}"].append(v)
+        return total
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._round_rewards = rewards_per_func  # gathered over processes: the dynamic-sampling filter reads it
         mode = "train" if self.model.training else "eval"
         unscorable = torch.isnan(rewards_per_func).all(dim=1).float().mean().item()
         self._metrics[mode]["rewards/unscorable_frac"].append(unscorable)
@@ -314,7 +444,10 @@ class PGPOTrainer(GRPOTrainer):
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:  # before trainer_state.json, which Trainer writes last: a complete folder has both
             with open(os.path.join(output_dir, ckpt.PGPO_STATE_FILE), "w") as f:
-                json.dump({"grad_norm_stats": self._grad_norm_stats}, f)
+                state = {"grad_norm_stats": self._grad_norm_stats}
+                if self._sampler is not None:
+                    state["refill"] = self._sampler.refill.state_dict()
+                json.dump(state, f)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if model is not None or self.is_fsdp_enabled or self.is_deepspeed_enabled:  # their own checkpoint formats
@@ -349,6 +482,8 @@ class PGPOTrainer(GRPOTrainer):
             if not isinstance(state.get("grad_norm_stats"), dict):
                 raise ckpt.unreadable(os.path.join(checkpoint, ckpt.PGPO_STATE_FILE), "has no grad_norm_stats")
             self._grad_norm_stats = state["grad_norm_stats"]
+            if self._sampler is not None and "refill" in state:
+                self._sampler.refill.load_state_dict(state["refill"])
 
     def _load_rng_state(self, checkpoint):
         try:

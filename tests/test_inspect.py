@@ -44,7 +44,7 @@ def test_tokens_align_with_the_completion(tiny_qwen, scored):
     assert n == len(result.token_ids) == len(result.scores) == len(result.importance) == len(result.weights)
     assert all(math.isfinite(s) and s >= 0 for s in result.scores)
     assert all(lp <= 0 for lp in result.logprobs)
-    assert min(result.importance) == 0 and max(result.importance) == pytest.approx(1.0)
+    assert min(result.importance) == 0 and max(result.importance) == pytest.approx(1.0, abs=1e-3)  # 1 - eps / range
     assert sum(result.weights) == pytest.approx(n)  # Eq. 7
     assert (result.estimator, result.text_only_mode, result.tau) == ("k3", "mask", 0.4)
     assert result.n_images == 1 and not result.generated and "<|vision_start|>" in result.prompt_text

@@ -22,15 +22,16 @@ def colour_dataset(n=8):
 
 
 def length_reward(completions, **kwargs):
-    """Deterministic, non-constant reward so that groups have non-zero advantages."""
-    return [float(sum(map(ord, c[0]["content"])) % 5) for c in completions]
+    """Deterministic, non-constant reward in [0, 1] so that groups have non-zero advantages (and pass DAPO's filter)."""
+    return [float(sum(map(ord, c[0]["content"])) % 5) / 4 for c in completions]
 
 
 def make_trainer(tmp_path, algorithm="pgpo", model=None, **overrides):
     from pgpo.models.tiny_qwen import build_tiny_qwen25vl
 
     model, processor = build_tiny_qwen25vl(seed=0) if model is None else model
-    kwargs = dict(
+    kwargs = dict(ALGORITHM_PRESETS[algorithm])  # the preset first: the test's sizes below override its recipe values
+    kwargs.update(
         output_dir=str(tmp_path),
         use_cpu=True,
         per_device_train_batch_size=4,
@@ -43,10 +44,14 @@ def make_trainer(tmp_path, algorithm="pgpo", model=None, **overrides):
         save_strategy="no",
         seed=0,
         disable_tqdm=True,
+        reward_weights=None,  # one reward function here
+        mask_truncated_completions=False,  # 8-token completions are all truncated
     )
-    kwargs.update(ALGORITHM_PRESETS[algorithm])
     kwargs.update(overrides)
     args = PGPOConfig(**kwargs)
+    if args.beta > 0:  # TRL builds the reference model from the policy's path
+        model.save_pretrained(tmp_path / "policy")
+        model = str(tmp_path / "policy")
     return PGPOTrainer(
         model=model, reward_funcs=length_reward, args=args, train_dataset=colour_dataset(), processing_class=processor
     )
@@ -65,21 +70,24 @@ METRICS = [
 ]
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "dr_grpo", "vppo", "pgpo"])
+@pytest.mark.parametrize("algorithm", list(ALGORITHM_PRESETS))
 def test_each_algorithm_trains(tmp_path, algorithm):
-    # 8-token completions are all truncated here; DAPO's preset would mask every one of them out of the loss.
-    trainer = make_trainer(tmp_path, algorithm, log_visual_dependency=True, mask_truncated_completions=False)
+    trainer = make_trainer(tmp_path, algorithm, log_visual_dependency=True)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
     changed = sum(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n in before)
     assert changed > 0
-    expected = METRICS if algorithm in ("pgpo", "vppo") else [m for m in METRICS if not m.startswith("shaping")]
+    shaped = ALGORITHM_PRESETS[algorithm]["advantage_shaping"] != "none"
+    expected = METRICS if shaped else [m for m in METRICS if not m.startswith("shaping")]
+    if trainer.args.dynamic_sampling:
+        expected = expected + ["dynamic_sampling/rounds", "dynamic_sampling/kept_frac"]
+    expected = expected + [f"loss_terms/{name}" for name in trainer.args.loss_terms]
     for key in expected:
         values = [h[key] for h in logs if key in h]
         assert values and all(math.isfinite(v) for v in values), (key, logs[-1])
-    if algorithm == "pgpo":
+    if algorithm.startswith("pgpo"):
         assert 0 < logs[-1]["shaping/gated_frac"] < 1
         assert logs[-1]["shaping/weight_gated"] > 1 > logs[-1]["shaping/weight_ungated"]
 
@@ -102,7 +110,7 @@ def _max_diff(a, b):
 
 def test_pgpo_with_unit_weights_equals_dapo(tmp_path):
     """tau = 0 and beta = 0 make every weight exactly 1: the update must be plain DAPO's (to 1e-6)."""
-    dapo = make_trainer(tmp_path / "dapo", "dapo", filter_zero_advantage=False, mask_truncated_completions=False)
+    dapo = make_trainer(tmp_path / "dapo", "dapo")
     dapo.train()
     unit = make_trainer(tmp_path / "unit", "pgpo", pgpo_tau=0.0, pgpo_beta=0.0)
     unit.train()
