@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 from pgpo.inputs import TEXT_ONLY_MODES
-
-TINY_MODEL = "tiny-qwen"
+from pgpo.models import TINY_QWEN as TINY_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,31 +59,6 @@ def load_images(paths: list[str]) -> list:
         except (UnidentifiedImageError, OSError) as err:
             raise InputError(f"cannot read image {path}: {err}") from err
     return images
-
-
-def load_model(name: str, device: str | None = None):
-    """``(model, processor)``: the tiny random model, or ``AutoModelForImageTextToText`` + ``AutoProcessor``."""
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name == TINY_MODEL:
-        from pgpo.models.tiny_qwen import build_tiny_qwen25vl
-
-        model, processor = build_tiny_qwen25vl(seed=0)
-        return model.to(device).eval(), processor
-    try:
-        import pgpo.vlm  # noqa: F401  (registers pgpo's small VLM with the Auto classes)
-    except ModuleNotFoundError as err:
-        if not (err.name or "").startswith("pgpo.vlm"):
-            raise
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(name)
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype="auto")
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot load model {name!r}: {err}") from err
-    return model.to(device).eval(), processor
 
 
 def print_summary(summary, result, out: Path) -> None:
@@ -158,7 +132,9 @@ def main(argv: list[str]) -> int:
         if args.temperature <= 0:
             raise InputError(f"--temperature must be > 0, got {args.temperature}")
         images = load_images(args.image)
-        model, processor = load_model(args.model, args.device)
+        from pgpo.models import load_model
+
+        model, processor = load_model(args.model, device=args.device)
 
         from pgpo.inspect import score_tokens, sparsity_summary
 
