@@ -542,6 +542,31 @@ def test_cli_eval_end_to_end_on_saved_tiny_model(bench_root, tmp_path):
     assert "paper: 7B PGPO" in (out / "summary.md").read_text()
 
 
+@pytest.mark.slow
+def test_accelerate_two_processes(bench_root, tmp_path):
+    """``accelerate launch`` with two CPU processes (gloo): one shard file each, shard 0 writes the full summary."""
+    import os
+    import subprocess
+    import sys
+
+    from pgpo.models.tiny_qwen import save_tiny_qwen25vl
+
+    root, _ = bench_root
+    model_dir = save_tiny_qwen25vl(tmp_path / "tiny")
+    out = tmp_path / "out"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29547"]
+    cmd += ["-m", "pgpo.cli", "eval", "--model", str(model_dir), "--benchmark", "mathverse", "--data", str(root)]
+    cmd += ["--out", str(out), "--protocol", "quick", "--max_new_tokens", "2", "--backend", "hf", "--no_progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["mathverse.shard0-of-2.jsonl", "mathverse.shard1-of-2.jsonl"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["graders"]["paper"]["benchmarks"]["mathverse"]["n"] == 5  # 3 + 2 questions, both shards read
+    assert proc.stdout.count("results in") == 1
+
+
 def test_cli_bad_input_exits_with_message(tmp_path, capsys):
     rc = cli_main(["eval", "--model", "x", "--benchmark", "nope", "--data", str(tmp_path), "--out", str(tmp_path)])
     assert rc == 2 and "unknown benchmark 'nope'" in capsys.readouterr().err

@@ -57,10 +57,11 @@ def main(argv: list[str]) -> int:
     try:
         (config,) = parser.parse_args_and_config(merge_repeated(list(argv)))
         evaluate(config)
+        if config.shard()[0] == 0:
+            print(f"results in {summary_paths(config.out)['md']}")
     except ValueError as err:
         print(f"pgpo eval: error: {err}", file=sys.stderr)
         return 2
-    print(f"results in {summary_paths(config.out)['md']}")
     return 0
 
 
