@@ -1,23 +1,23 @@
-"""Token visual dependency: ``S_t = KL(pi(.|I, q, o_<t) || pi(.|q, o_<t))`` for every completion token.
+"""Token visual dependency ``S_t`` (paper Eq. 1): how much the image changes the policy's next-token distribution.
 
-Two layers:
+    S_t = KL( pi(. | s_t, I) || pi(. | s_t) ),     s_t = (q, o_<t)
 
-* :func:`token_kl` / :func:`token_kl_from_hidden` are pure tensor functions. They take the image-conditioned and the
-  text-only next-token scores of the same completion positions and return the per-token KL over the full vocabulary,
-  computed in float32 log-space and in chunks of ``chunk_size`` valid tokens, so the extra memory is bounded by one
-  chunk (three ``chunk x V`` float32 buffers), never by ``B x T x V``.
-* :func:`compute_visual_dependency` runs the two no-grad forwards of a Hugging Face VLM (with the image, and on the
-  text-only batch of :mod:`pgpo.inputs`) and returns ``[B, T_completion]`` scores aligned to the completion tokens.
-  When the model exposes ``base_model`` + ``get_output_embeddings()`` (every HF ``*ForConditionalGeneration`` /
-  ``*ForCausalLM``), only the backbone's hidden states are kept and the LM head is applied chunk by chunk, so the
-  ``B x T x V`` logits are never materialised at all. The head applies the model's logit post-processing the way TRL's
-  fused head does (``logit_scale`` and its aliases, then Gemma-style ``final_logit_softcapping``). The image-conditioned log-probability of each sampled token comes
-  out of the same pass (``return_logps=True``), so a trainer can use it as the old-policy log-prob instead of running the
-  image-conditioned forward a second time.
+The right-hand side is the *blind pass* of :mod:`pgpo.text_only` (the visual tokens masked out, every position id kept).
+Both sides are scored without gradient by the policy that sampled the rollouts, at the rollout temperature.
 
-Direction and conventions (paper, Sec. 3; see docs/method.md): KL(image || text-only); scored without gradient by the
-policy that sampled the rollouts; temperature applied to both distributions when the trainer samples at ``T != 1``;
-padding / prompt positions are exactly 0.
+Two estimators (``dependency_estimator``):
+
+* ``"k3"`` (default, the paper's, App. A.1): the single-sample "k3" estimate on the generated token
+  ``x_t ~ pi(. | s_t, I)``: with ``d = log pi_blind(x_t) - log pi_img(x_t)``, ``S_t ~= e^d - 1 - d``
+  (:func:`k3_dependency`). It is unbiased for the KL (``E[e^d] = 1`` under ``pi_img``), never negative, and needs
+  only the log-probability of the sampled token from each pass, so no ``B x T x V`` divergence is formed.
+* ``"kl"``: the exact full-vocabulary KL that Eq. 1 defines (:func:`token_kl`), in float32 log-space and in chunks
+  of ``chunk_size`` tokens, so the extra memory is bounded by one chunk (three ``chunk x V`` float32 buffers).
+
+Model level, for any Hugging Face VLM: :func:`score_batch` scores a processed prompt+completion batch (the image
+pass, the blind pass and the estimator); :func:`sampled_token_logps` is the log-prob of each sampled token with the
+LM head applied chunk by chunk on the backbone's hidden states, with the model's logit post-processing
+(``logit_scale`` and aliases, Gemma's softcap) as TRL's fused head applies it.
 """
 
 from __future__ import annotations
@@ -27,11 +27,53 @@ from dataclasses import dataclass
 
 import torch
 
-# 256 tokens x V float32 is ~155 MB at Qwen's V = 151,669 (three such buffers at the peak). Measured on the CPU
-# (docs/bench.md): as fast as 1024 or faster, 4x less memory; from ~300 completion tokens per batch a 1024 chunk set
-# PGPO's peak above GRPO's.
+from pgpo.text_only import ImageTokenSpec, counterfactual_batch, image_pass_position_ids, image_token_spec
+
+# 256 tokens x V float32 is ~155 MB at Qwen's V = 151,669 (three such buffers at the KL's peak). Measured on the CPU
+# (docs/bench.md): as fast as 1024 or faster, 4x less memory.
 DEFAULT_CHUNK_SIZE = 256
+ESTIMATORS = ("k3", "kl")
+# The default k3 applies no clamp (the paper states none). The only guard: d is capped at 80 so that e^d stays finite
+# in float32 (e^80 ~ 5.5e34); a sampled token 80 nats less likely with the image than without it does not occur in
+# practice, so this changes nothing but an overflow.
+K3_MAX_LOG_RATIO = 80.0
+# VPPO-RL's clamps (an option): d to [-20, 20], then S to [0, 10].
+VPPO_K3_CLAMP = (20.0, 10.0)
 _NON_FINITE = "visual dependency: non-finite logits (NaN or inf) in the scored completion positions"
+
+
+def k3_dependency(
+    logp_img: torch.Tensor,
+    logp_blind: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    clamp: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """The paper's estimator (App. A.1): ``S = e^d - 1 - d`` with ``d = logp_blind - logp_img`` per sampled token.
+
+    Args:
+        logp_img, logp_blind: ``[B, T]`` log-probabilities of the sampled tokens with the image and in the blind pass.
+        mask: ``[B, T]`` 0/1; positions where it is 0 are exactly 0 in the output (whatever the log-probs hold there).
+        clamp: ``None`` (default, the paper's: no clamp, only an overflow guard on ``e^d``) or ``(d_max, s_max)``:
+            ``d`` clamped to ``[-d_max, d_max]`` and ``S`` to ``[0, s_max]`` (VPPO's is :data:`VPPO_K3_CLAMP`).
+
+    Returns:
+        ``[B, T]`` float32 dependency, ``>= 0``. Computed as ``expm1(d) - d`` (a series for ``|d| < 1e-3``), so small
+        dependencies keep their relative precision in float32.
+    """
+    if logp_img.shape != logp_blind.shape:
+        raise ValueError(f"k3_dependency: image shape {tuple(logp_img.shape)} != blind shape {tuple(logp_blind.shape)}")
+    valid = torch.ones_like(logp_img, dtype=torch.bool) if mask is None else mask.bool()
+    if valid.shape != logp_img.shape:
+        raise ValueError(f"k3_dependency: mask shape {tuple(valid.shape)} != log-prob shape {tuple(logp_img.shape)}")
+    d = logp_blind.float() - logp_img.float()
+    if not torch.isfinite(d[valid]).all():
+        raise ValueError("k3_dependency: non-finite log-probabilities (NaN or inf) on valid completion tokens")
+    d = d.clamp(-clamp[0], clamp[0]) if clamp is not None else d.clamp(max=K3_MAX_LOG_RATIO)
+    series = d * d * (0.5 + d / 6.0)  # d^2/2 + d^3/6; the next term is d^2/12 of the first, < 1e-7 here
+    s = torch.where(d.abs() < 1e-3, series, torch.expm1(d) - d).clamp_min(0.0)
+    if clamp is not None:
+        s = s.clamp(max=clamp[1])
+    return torch.where(valid, s, torch.zeros_like(s))
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, what: str) -> None:
@@ -149,15 +191,6 @@ def token_kl_from_hidden(
     return dep.reshape(lead), None if logps is None else logps.reshape(lead)
 
 
-@dataclass
-class DependencyOutput:
-    """Result of :func:`compute_visual_dependency` (all ``[B, T_completion]``)."""
-
-    scores: torch.Tensor  # float32 KL per completion token, 0 where completion_mask is 0
-    completion_mask: torch.Tensor  # the mask the scores were computed on
-    logps: torch.Tensor | None = None  # image-conditioned log-prob of each completion token (old-policy log-probs)
-
-
 def _unwrap(model):
     """The underlying ``PreTrainedModel`` of a PEFT / DDP / compiled wrapper (the wrapper's forward is kept)."""
     inner = model
@@ -216,19 +249,47 @@ def _hidden_and_head(model):
 
 
 def _completion_states(model, batch: dict, logits_to_keep: int, split) -> torch.Tensor:
-    """Hidden states (or logits, without ``split``) at the positions that predict the last ``logits_to_keep`` tokens."""
+    """Hidden states (or logits, without ``split``) at the positions that predict the last ``logits_to_keep`` tokens;
+    a copy, not a view, so the states of the whole ``[B, P+T]`` sequence are freed before the next forward."""
     if split is not None:
         backbone, _ = split
         hidden = backbone(**batch, use_cache=False).last_hidden_state
     else:
         hidden = model(**batch, use_cache=False, logits_to_keep=logits_to_keep + 1).logits
-    return _completion_positions(hidden, logits_to_keep)
-
-
-def _completion_positions(hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-    """``[B, T, ...]`` at the positions that predict the last ``T`` tokens; a copy, not a view, so the states of the
-    whole ``[B, P+T]`` sequence are freed before the next forward."""
     return hidden[:, -logits_to_keep - 1 : -1].contiguous()
+
+
+def sampled_token_logps(
+    model, batch: dict, logits_to_keep: int, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
+    """``log pi(x_t | x_<t)`` of the last ``logits_to_keep`` tokens of ``batch["input_ids"]``, float32 ``[B, T]``.
+
+    The selective log-softmax TRL uses for its log-probs: the LM head runs on ``chunk_size`` positions at a time, so
+    the ``B x T x V`` logits never exist at once. ``batch`` may carry ``position_ids`` (the blind pass does).
+    """
+    T = logits_to_keep
+    targets = batch["input_ids"][:, -T:]
+    split = _hidden_and_head(model)
+    states = _completion_states(model, batch, T, split)
+    if split is None:
+        logp = _log_probs(states.reshape(-1, states.shape[-1]), temperature)
+        return logp.gather(-1, targets.reshape(-1, 1)).view(targets.shape)
+    head = split[1]
+    flat, flat_targets = states.reshape(-1, states.shape[-1]), targets.reshape(-1)
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    for start in range(0, flat.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        out[rows] = _log_probs(head(flat[rows]), temperature).gather(-1, flat_targets[rows, None]).squeeze(-1)
+    return out.view(targets.shape)
+
+
+@dataclass
+class DependencyOutput:
+    """Result of :func:`compute_visual_dependency` (all ``[B, T_completion]``)."""
+
+    scores: torch.Tensor  # float32 KL per completion token, 0 where completion_mask is 0
+    completion_mask: torch.Tensor  # the mask the scores were computed on
+    logps: torch.Tensor | None = None  # image-conditioned log-prob of each completion token (old-policy log-probs)
 
 
 @torch.no_grad()
@@ -242,14 +303,14 @@ def compute_visual_dependency(
     temperature: float = 1.0,
     return_logps: bool = False,
 ) -> DependencyOutput:
-    """Per-token visual dependency of the completions in a processed VLM batch.
+    """The exact full-vocabulary KL of Eq. 1 (``dependency_estimator="kl"``) for the completions of a VLM batch.
 
     Args:
         model: any HF VLM (or a PEFT / accelerate wrapper of one).
         batch: model inputs with the image: ``input_ids`` ``[B, P+T]`` whose last ``logits_to_keep`` columns are the
             completion, ``attention_mask`` and the image tensors (``pixel_values``, ``image_grid_thw``, ...).
-        text_batch: the text-only inputs for the same completions (see :func:`pgpo.inputs.build_text_only_batch`);
-            its last ``logits_to_keep`` columns must be the same completion tokens.
+        text_batch: the blind inputs for the same completions (:func:`pgpo.text_only.counterfactual_batch`); its last
+            ``logits_to_keep`` columns must be the same completion tokens.
         logits_to_keep: completion length ``T``.
         completion_mask: ``[B, T]``; 0 marks padding after EOS.
         chunk_size: valid tokens per KL chunk.
@@ -268,15 +329,15 @@ def compute_visual_dependency(
         raise ValueError(
             f"completion_mask shape {tuple(completion_mask.shape)} != completion {tuple(completion.shape)}"
         )
-
     split = _hidden_and_head(model)
     h_img = _completion_states(model, batch, logits_to_keep, split)
-    if split is not None:
-        return dependency_given_image_states(
-            model, h_img, text_batch, logits_to_keep, completion_mask, chunk_size, temperature, return_logps
-        )
     h_txt = _completion_states(model, text_batch, logits_to_keep, split)
     mask = completion_mask.bool()
+    if split is not None:
+        scores, logps = token_kl_from_hidden(
+            h_img, h_txt, split[1], mask, chunk_size, temperature, completion if return_logps else None
+        )
+        return DependencyOutput(scores=scores, completion_mask=completion_mask, logps=logps)
     scores = token_kl(h_img, h_txt, mask, chunk_size, temperature)
     logps = None
     if return_logps:
@@ -285,57 +346,65 @@ def compute_visual_dependency(
     return DependencyOutput(scores=scores, completion_mask=completion_mask, logps=logps)
 
 
-def splits_into_backbone_and_head(model) -> bool:
-    """Whether :func:`dependency_given_image_states` can score this model (HF ``base_model`` + output embeddings)."""
-    return _hidden_and_head(model) is not None
-
-
-def image_states_hook(model, logits_to_keep: int, sink: list[torch.Tensor]):
-    """Register a forward hook that appends the backbone's detached ``[B, T, H]`` completion-predicting hidden states
-    to ``sink`` every time the model runs; returns the hook handle (call ``.remove()``).
-
-    Lets a trainer take ``p_image`` from a forward it runs anyway (the training forward) instead of a second one.
-    """
-    backbone, _ = _hidden_and_head(model)
-
-    def keep(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        sink.append(_completion_positions(hidden.detach(), logits_to_keep))
-
-    return backbone.register_forward_hook(keep)
-
-
 @torch.no_grad()
-def dependency_given_image_states(
+def score_batch(
     model,
-    image_states: torch.Tensor,
-    text_batch: dict,
+    batch: dict,
     logits_to_keep: int,
-    completion_mask: torch.Tensor,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    estimator: str = "k3",
     temperature: float = 1.0,
-    return_logps: bool = False,
-) -> DependencyOutput:
-    """The second half of :func:`compute_visual_dependency`: the text-only forward and the KL, given the backbone's
-    image-conditioned hidden states ``[B, T, H]`` at the completion-predicting positions (from
-    :func:`image_states_hook` or a forward of our own). Needs :func:`splits_into_backbone_and_head`.
+    text_only_mode: str = "mask",
+    mask_delimiters: bool = False,
+    k3_clamp: tuple[float, float] | None = None,
+    completion_mask: torch.Tensor | None = None,
+    image_logps: torch.Tensor | None = None,
+    spec: ImageTokenSpec | None = None,
+    pad_token_id: int = 0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    logps_fn: Callable[[dict], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Visual dependency ``S_t`` (Eq. 1) of every completion token of a processed VLM batch, ``[B, logits_to_keep]``.
+
+    Args:
+        model: any HF VLM (or a PEFT / accelerate wrapper of one), in the state that sampled the completions.
+        batch: ``input_ids`` / ``attention_mask`` ``[B, P+T]`` whose last ``logits_to_keep`` columns are the
+            completion, plus the image tensors the processor made (``pixel_values``, ``image_grid_thw``,
+            ``mm_token_type_ids``, ...).
+        estimator: ``"k3"`` (the paper's) or ``"kl"`` (the exact full-vocabulary KL).
+        temperature: the rollout temperature (both passes).
+        text_only_mode: the blind pass (:mod:`pgpo.text_only`): ``"mask"`` (the paper's), ``"remove_reindex"``,
+            ``"blank"``.
+        mask_delimiters: also hide ``<|vision_start|>`` / ``<|vision_end|>`` in the blind pass.
+        k3_clamp: ``None`` (the paper's) or ``(d_max, s_max)`` (:data:`VPPO_K3_CLAMP`).
+        completion_mask: ``[B, T]``; defaults to the last ``T`` columns of ``attention_mask``.
+        image_logps: the image pass's log-probs of the sampled tokens when already known (a trainer's old-policy
+            log-probs); the image-conditioned forward is then skipped (k3 only).
+        spec: the image token ids (default: read from the model config).
+        logps_fn: ``batch -> [B, T]`` log-probs of the sampled tokens (default :func:`sampled_token_logps`); a trainer
+            passes its own (TRL's fused LM head) so both passes use one kernel.
+
+    Returns:
+        float32 ``[B, T]``, ``>= 0``, exactly 0 where ``completion_mask`` is 0.
     """
-    split = _hidden_and_head(model)
-    if split is None:
-        raise ValueError("dependency_given_image_states needs a model with base_model and get_output_embeddings()")
-    completion = text_batch["input_ids"][:, -logits_to_keep:]
-    if tuple(image_states.shape[:2]) != tuple(completion.shape):
-        raise ValueError(
-            f"image states {tuple(image_states.shape)} do not match the completion {tuple(completion.shape)}"
-        )
-    h_txt = _completion_states(model, text_batch, logits_to_keep, split)
-    scores, logps = token_kl_from_hidden(
-        image_states,
-        h_txt,
-        split[1],
-        completion_mask.bool(),
-        chunk_size,
-        temperature,
-        completion if return_logps else None,
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    T = logits_to_keep
+    mask = batch["attention_mask"][:, -T:] if completion_mask is None else completion_mask
+    spec = spec or image_token_spec(_unwrap(model).config)
+    positions = image_pass_position_ids(model, batch) if text_only_mode == "mask" else None
+    blind = counterfactual_batch(
+        batch,
+        T,
+        text_only_mode,
+        spec,
+        position_ids=positions,
+        pad_token_id=pad_token_id,
+        mask_delimiters=mask_delimiters,
     )
-    return DependencyOutput(scores=scores, completion_mask=completion_mask, logps=logps)
+    if estimator == "kl":
+        return compute_visual_dependency(model, batch, blind, T, mask, chunk_size, temperature).scores
+    logps = logps_fn or (lambda b: sampled_token_logps(model, b, T, temperature, chunk_size))
+    if image_logps is None:
+        image_logps = logps(batch)
+    return k3_dependency(image_logps, logps(blind), mask, clamp=k3_clamp)

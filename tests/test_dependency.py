@@ -1,9 +1,96 @@
-"""Visual dependency: exact KL against a float64 brute force, chunking, memory bound, bad input."""
+"""Visual dependency: the k3 estimator and the exact KL against float64 references, chunking, memory, bad input."""
+
+import math
 
 import pytest
 import torch
 
-from pgpo.dependency import token_kl, token_kl_from_hidden
+from pgpo.dependency import VPPO_K3_CLAMP, k3_dependency, sampled_token_logps, token_kl, token_kl_from_hidden
+
+
+def k3_reference(logp_img, logp_blind):
+    """Float64, from the definition (App. A.1): r = p_blind / p_img, S = (r - 1) - log r."""
+    r = torch.exp(logp_blind.double() - logp_img.double())
+    return (r - 1) - torch.log(r)
+
+
+def test_k3_matches_float64_reference_and_masks():
+    g = torch.Generator().manual_seed(0)
+    lp_img = -torch.rand(4, 9, generator=g) * 6
+    lp_blind = -torch.rand(4, 9, generator=g) * 6
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[2, 5:] = False
+    lp_img[2, 7] = float("nan")  # masked positions may hold anything
+    got = k3_dependency(lp_img, lp_blind, mask)
+    assert got.dtype == torch.float32 and (got >= 0).all() and (got[~mask] == 0).all()
+    torch.testing.assert_close(got.double()[mask], k3_reference(lp_img, lp_blind)[mask], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("d", [1e-7, -3e-6, 1e-4, -9e-4, 2e-3, 0.3, -5.0, 12.0])
+def test_k3_keeps_relative_precision_for_small_and_large_d(d):
+    lp_img = torch.tensor([[-2.0]])
+    lp_blind = (lp_img.double() + d).float()
+    d32 = lp_blind.double() - lp_img.double()  # the d float32 inputs can carry
+    exact = torch.expm1(d32) - d32
+    torch.testing.assert_close(k3_dependency(lp_img, lp_blind).double(), exact, rtol=1e-4, atol=0)
+
+
+def test_k3_is_an_unbiased_estimate_of_the_kl():
+    """Mean of k3 over tokens sampled from pi_img -> KL(pi_img || pi_blind) on a toy distribution (Eq. 1)."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(8, generator=g, dtype=torch.float64) * 1.5, 0)
+    q = torch.softmax(torch.randn(8, generator=g, dtype=torch.float64) * 1.5, 0)
+    exact = (p * (p.log() - q.log())).sum().item()
+    x = torch.multinomial(p, 400_000, replacement=True, generator=g)
+    s = k3_dependency(p.log()[x].float()[None], q.log()[x].float()[None])[0].double()
+    stderr = s.std().item() / math.sqrt(s.numel())
+    assert abs(s.mean().item() - exact) < 4 * stderr, (s.mean().item(), exact, stderr)
+    assert stderr < 0.02 * exact  # the test can tell a biased estimator apart (e.g. d^2/2 or |d|)
+    half_sq = (0.5 * (q.log()[x] - p.log()[x]) ** 2).mean().item()
+    assert abs(half_sq - exact) > 10 * stderr
+
+
+def test_k3_clamps_and_overflow_guard():
+    lp_img = torch.tensor([[-1.0, -1.0, -1.0, -1.0]])
+    lp_blind = torch.tensor([[-1.0 + 30, -1.0 - 30, -1.0 + 200, -1.0 + 5]])
+    default = k3_dependency(lp_img, lp_blind)
+    assert torch.isfinite(default).all()  # d = 200: only the overflow guard, e^80
+    torch.testing.assert_close(
+        default[0, :2].double(),
+        torch.tensor([math.exp(30) - 31, math.exp(-30) + 29], dtype=torch.float64),
+        rtol=1e-5,
+        atol=0,
+    )
+    vppo = k3_dependency(lp_img, lp_blind, clamp=VPPO_K3_CLAMP)
+    assert vppo[0, :3].tolist() == [10.0, 10.0, 10.0]  # d in [-20, 20], then S <= 10
+    assert vppo[0, 3] == 10.0  # e^5 - 6 = 142 > 10
+    small = k3_dependency(torch.tensor([[-1.0]]), torch.tensor([[-0.5]]), clamp=VPPO_K3_CLAMP)
+    assert small.item() == pytest.approx(math.exp(0.5) - 1.5, rel=1e-6)  # inside the clamps: unchanged
+
+
+def test_k3_bad_input():
+    with pytest.raises(ValueError, match="shape"):
+        k3_dependency(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="mask shape"):
+        k3_dependency(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="non-finite"):
+        k3_dependency(torch.tensor([[0.0, float("nan")]]), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="non-finite"):
+        k3_dependency(torch.zeros(1, 2), torch.tensor([[0.0, -float("inf")]]))
+
+
+def test_sampled_token_logps_equal_the_models_log_softmax(tiny_qwen):
+    """The chunked selective log-softmax == log_softmax of the model's own logits, gathered at the next tokens."""
+    model, _ = tiny_qwen
+    ids = torch.randint(0, 1000, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        got = sampled_token_logps(model, batch, 5, temperature=0.7, chunk_size=4)
+        logits = model(**batch).logits[:, -6:-1].float() / 0.7
+    ref = torch.log_softmax(logits, -1).gather(-1, ids[:, -5:, None]).squeeze(-1)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def brute_kl(a, b):

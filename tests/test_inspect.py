@@ -1,4 +1,4 @@
-"""``pgpo inspect``: per-token scores on the tiny Qwen2.5-VL, the summary, the HTML / PNG renderers and the CLI."""
+"""``pgpo inspect``: per-token S, I and w~ on the tiny Qwen2.5-VL, the summary, the HTML / PNG renderers, the CLI."""
 
 import html
 import json
@@ -13,8 +13,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from pgpo.commands import inspect as cli
-from pgpo.dependency import token_kl
-from pgpo.inspect import decode_tokens, render_html, render_png, score_tokens, sparsity_summary
+from pgpo.dependency import k3_dependency, token_kl
+from pgpo.inspection import decode_tokens, render_html, render_png, score_tokens, sparsity_summary
+from pgpo.shaping import PGPOShapingConfig, pgpo_weights
 
 END = "<|im_end|>"
 CHROMIUM = "/usr/bin/chromium"
@@ -39,33 +40,65 @@ def test_tokens_align_with_the_completion(tiny_qwen, scored):
     tok = processor.tokenizer
     assert "".join(result.tokens) == completion + END
     assert result.token_ids == tok(completion, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids(END)]
-    assert len(result.tokens) == len(result.token_ids) == len(result.scores) == len(result.logprobs)
+    n = len(result.tokens)
+    assert n == len(result.token_ids) == len(result.scores) == len(result.importance) == len(result.weights)
     assert all(math.isfinite(s) and s >= 0 for s in result.scores)
-    assert all(s > 0 for s in result.scores)  # random weights: the image changes every prediction
     assert all(lp <= 0 for lp in result.logprobs)
+    assert min(result.importance) == 0 and max(result.importance) == pytest.approx(1.0)
+    assert sum(result.weights) == pytest.approx(n)  # Eq. 7
+    assert (result.estimator, result.text_only_mode, result.tau) == ("k3", "mask", 0.4)
     assert result.n_images == 1 and not result.generated and "<|vision_start|>" in result.prompt_text
 
 
-def test_scores_are_the_kl_against_the_prompt_rendered_without_image(tiny_qwen, scored):
-    """'remove' mode == the same chat rendered with no image part (independent full-logits reference)."""
+def _prompt_logits(model, processor, prompt, comp, images, n_images, masked=False):
+    """Full-logits reference: the chat with or without image parts; ``masked`` hides the image tokens with the
+    attention mask and passes the image pass's own position ids (captured from the rotary embedding)."""
+    T = comp.shape[1]
+    msgs = [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    enc = dict(processor(images=images, text=[text], return_tensors="pt"))
+    enc["input_ids"] = torch.cat([enc["input_ids"], comp], 1)
+    enc["attention_mask"] = torch.ones_like(enc["input_ids"])
+    if "mm_token_type_ids" in enc:
+        enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(comp)], 1)
+    if masked:
+        captured = {}
+        rot = model.model.language_model.rotary_emb
+        hook = rot.register_forward_pre_hook(
+            lambda m, a, kw: captured.update(pos=kw.get("position_ids", a[-1] if len(a) > 1 else None)),
+            with_kwargs=True,
+        )
+        with torch.no_grad():
+            model(**enc)
+        hook.remove()
+        enc["attention_mask"] = (enc["input_ids"] != model.config.image_token_id).long()
+        enc["position_ids"] = captured["pos"]
+    with torch.no_grad():
+        return model(**enc).logits[:, -T - 1 : -1].float()
+
+
+def test_scores_are_the_papers_k3_against_the_masked_blind_pass(tiny_qwen, scored):
+    """S = k3 on the sampled tokens between the image pass and the literal masked forward; I and w~ are Eqs. 4-7."""
     model, processor = tiny_qwen
     result, _ = scored
     comp = torch.tensor([result.token_ids])
-    T = comp.shape[1]
+    img = _prompt_logits(model, processor, result.prompt, comp, [[_image()]], 1)
+    blind = _prompt_logits(model, processor, result.prompt, comp, [[_image()]], 1, masked=True)
+    lp = lambda x: torch.log_softmax(x, -1).gather(-1, comp[..., None]).squeeze(-1)  # noqa: E731
+    ref = k3_dependency(lp(img), lp(blind))[0]
+    torch.testing.assert_close(torch.tensor(result.scores), ref, atol=1e-4, rtol=1e-3)
+    w, i = pgpo_weights(ref[None].double(), torch.ones(1, ref.numel()))
+    torch.testing.assert_close(torch.tensor(result.weights, dtype=torch.float64), w[0], atol=1e-3, rtol=1e-3)
 
-    def logits(images, n_images):
-        msgs = [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": result.prompt}]}]
-        text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        enc = dict(processor(images=images, text=[text], return_tensors="pt"))
-        enc["input_ids"] = torch.cat([enc["input_ids"], comp], 1)
-        enc["attention_mask"] = torch.ones_like(enc["input_ids"])
-        if "mm_token_type_ids" in enc:
-            enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(comp)], 1)
-        with torch.no_grad():
-            return model(**enc).logits[:, -T - 1 : -1].float()
 
-    ref = token_kl(logits([[_image()]], 1), logits(None, 0))[0]
-    torch.testing.assert_close(torch.tensor(result.scores), ref, atol=1e-4, rtol=1e-4)
+def test_kl_estimator_is_the_exact_kl_against_the_masked_blind_pass(tiny_qwen, scored):
+    model, processor = tiny_qwen
+    _, completion = scored
+    result = score_tokens(model, processor, [_image()], "How many red circles are there?", completion, estimator="kl")
+    comp = torch.tensor([result.token_ids])
+    img = _prompt_logits(model, processor, result.prompt, comp, [[_image()]], 1)
+    blind = _prompt_logits(model, processor, result.prompt, comp, [[_image()]], 1, masked=True)
+    torch.testing.assert_close(torch.tensor(result.scores), token_kl(img, blind)[0], atol=1e-4, rtol=1e-4)
 
 
 def test_no_image_control_gives_zero(tiny_qwen):
@@ -73,9 +106,10 @@ def test_no_image_control_gives_zero(tiny_qwen):
     result = score_tokens(model, processor, [], "What is 2+2?", "4")
     assert result.n_images == 0 and len(result.scores) == 2
     assert max(result.scores) < 1e-6
+    assert result.weights == [1.0, 1.0]  # degenerate response: all scores equal -> w~ = 1
 
 
-@pytest.mark.parametrize("mode", ["blank", "noise"])
+@pytest.mark.parametrize("mode", ["remove_reindex", "blank"])
 def test_other_text_only_modes_and_two_images(tiny_qwen, mode):
     model, processor = tiny_qwen
     result = score_tokens(
@@ -98,6 +132,8 @@ def test_bad_arguments_raise(tiny_qwen):
         score_tokens(model, processor, [_image()], "  ", "x")
     with pytest.raises(ValueError, match="text_only_mode"):
         score_tokens(model, processor, [_image()], "q", "x", text_only_mode="erase")
+    with pytest.raises(ValueError, match="estimator"):
+        score_tokens(model, processor, [_image()], "q", "x", estimator="k1")
 
 
 def test_decode_tokens_keeps_multibyte_characters_whole(tiny_qwen):
@@ -111,14 +147,16 @@ def test_decode_tokens_keeps_multibyte_characters_whole(tiny_qwen):
 
 
 def test_sparsity_summary_by_hand():
-    scores = [0.0] * 8 + [1.0, 9.0]
-    s = sparsity_summary(scores)  # q=0.8 quantile of 10 values: 0 + 0.2 * (1 - 0) = 0.2 (linear interpolation)
-    assert s.threshold == pytest.approx(0.2) and s.n_gated == 2 and s.gated_frac == pytest.approx(0.2)
-    assert s.top10_share == pytest.approx(0.9) and s.mean == pytest.approx(1.0) and s.max == 9.0
-    assert "quantile" in s.gate
-    fixed = sparsity_summary(scores, threshold=5.0)
-    assert fixed.threshold == 5.0 and fixed.n_gated == 1 and fixed.gate == "fixed"
-    assert sparsity_summary([0.0, 0.0]).top10_share == 0.0
+    # log(1 + S) = [0, 0, 0, 0, 1, 4] -> I = [0, 0, 0, 0, .25, 1]; tau = .4: one token gated
+    scores = [0.0] * 4 + [math.e - 1, math.e**4 - 1]
+    s = sparsity_summary(scores)
+    assert s.tau == 0.4 and s.n_gated == 1 and s.gated_frac == pytest.approx(1 / 6)
+    # w = [0, 0, 0, 0, .625, 3] -> w~ = w * 6 / 3.625
+    assert s.weight_gated == pytest.approx(3 * 6 / 3.625) and s.weight_ungated == pytest.approx(0.625 * 6 / 3.625 / 5)
+    assert s.top10_share == pytest.approx((math.e**4 - 1) / sum(scores)) and s.max == pytest.approx(math.e**4 - 1)
+    low = sparsity_summary(scores, PGPOShapingConfig(tau=0.2))
+    assert low.n_gated == 2
+    assert sparsity_summary([0.0, 0.0]).top10_share == 0.0 and math.isnan(sparsity_summary([0.0, 0.0]).weight_gated)
     with pytest.raises(ValueError, match="no scores"):
         sparsity_summary([])
     with pytest.raises(ValueError, match="finite"):
@@ -160,24 +198,35 @@ class _Spans(HTMLParser):
 
 def test_render_html_contains_every_token_and_the_threshold():
     tokens = ["The", " <b>red</b>", " circle", ".\n", "Answer", ":", " 3", END]
-    scores = [0.01, 0.5, 0.2, 0.0, 0.03, 0.0, 0.9, 0.05]
-    page = render_html(tokens, scores, 0.25, title="t & t", prompt="How many?", images=[_image()], token_ids=range(8))
+    values = [0.01, 0.5, 0.2, 0.0, 0.03, 0.0, 0.9, 0.25]
+    extra = {"S": [v * 3 for v in values], "w~": [v * 2 for v in values]}
+    page = render_html(
+        tokens, values, 0.25, title="t & t", prompt="How many?", images=[_image()], token_ids=range(8), extra=extra
+    )
     parser = _Spans()
     parser.feed(page)
     shown = [t.replace("\u21b5", "\n") for t in parser.tokens]
     assert shown == tokens  # every token, in order, escaped correctly
-    assert parser.gated == [s > 0.25 for s in scores]
-    assert "S=0.9" in parser.titles[6] and "over the gate" in parser.titles[6] and "id=6" in parser.titles[6]
+    assert parser.gated == [v >= 0.25 for v in values]
+    assert "I=0.9" in parser.titles[6] and "S=2.7" in parser.titles[6] and "w~=1.8" in parser.titles[6]
+    assert "at or above the gate" in parser.titles[6] and "id=6" in parser.titles[6]
     assert "0.25" in page and "\u03c4" in page and "t &amp; t" in page and "How many?" in page
     assert "<b>red</b>" not in page and html.escape(" <b>red</b>") in page
     assert "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page  # self-contained: no external assets
     with pytest.raises(ValueError, match="tokens but"):
-        render_html(tokens, scores[:-1], 0.1)
+        render_html(tokens, values[:-1], 0.1)
 
 
 def test_render_png(tmp_path):
-    out = render_png(["a", " b", "\n", "c"], [0.0, 0.3, 0.1, 1.2], 0.2, tmp_path / "x" / "dep.png", title="demo")
+    out = render_png(
+        ["a", " b", "\n", "c"],
+        [0.0, 0.3, 0.1, 1.0],
+        0.2,
+        tmp_path / "x" / "dep.png",
+        title="demo",
+        weights=[0, 1, 1, 2],
+    )
     assert out.stat().st_size > 1000
     with Image.open(out) as im:
         assert im.width > 200 and im.height > 200
@@ -190,16 +239,17 @@ def test_cli_writes_its_three_files(tmp_path, capsys):
     _image().save(img)
     out = tmp_path / "out"
     argv = ["--model", "tiny-qwen", "--image", str(img), "--prompt", "How many?", "--completion", "Two circles."]
-    assert cli.main([*argv, "--threshold", "0.001", "--out", str(out)]) == 0
+    assert cli.main([*argv, "--tau", "0.2", "--out", str(out)]) == 0
     page = (out / "inspect.html").read_text()
     data = json.loads((out / "tokens.json").read_text())
     assert (out / "inspect.png").stat().st_size > 1000
     assert "".join(t["token"] for t in data["tokens"]) == "Two circles." + END
-    assert all(set(t) >= {"token", "id", "dependency", "gated"} for t in data["tokens"])
-    assert all(t["gated"] == (t["dependency"] > 0.001) for t in data["tokens"])
-    assert data["summary"]["threshold"] == 0.001 and data["summary"]["gate"] == "fixed"
+    assert all(set(t) >= {"token", "id", "S", "I", "w", "gated"} for t in data["tokens"])
+    assert all(t["gated"] == (t["I"] >= 0.2) for t in data["tokens"])
+    assert data["summary"]["tau"] == 0.2 and data["tau"] == 0.2
+    assert sum(t["w"] for t in data["tokens"]) == pytest.approx(len(data["tokens"]))
     assert all(html.escape(t["token"]) in page for t in data["tokens"])
-    assert "tokens over the gate" in capsys.readouterr().out
+    assert "tokens at or above the gate" in capsys.readouterr().out
 
 
 def test_cli_loads_a_saved_model_folder(tmp_path, tiny_qwen):
@@ -224,9 +274,14 @@ def test_cli_bad_inputs_exit_2_with_a_clear_message(tmp_path, capsys):
         (["--image", str(bad), "--prompt", "q"], "cannot read image"),
         (["--image", str(good), "--prompt", "   "], "prompt is empty"),
         (["--image", str(good), "--prompt", "q", "--completion", ""], "completion is empty"),
+        (["--image", str(good), "--prompt", "q", "--tau", "1.5"], "pgpo_tau"),
     ]
     for args, msg in cases:
-        assert cli.main(base + args) == 2
+        try:
+            code = cli.main(base + args)
+        except SystemExit as exit_:  # errors in the options themselves: the parser's exit
+            code = exit_.code
+        assert code == 2
         err = capsys.readouterr().err
         assert msg in err and err.startswith("pgpo inspect: error:"), err
         if "image" in msg:
@@ -239,7 +294,7 @@ def test_headless_browser_renders_the_page(tmp_path):
     import numpy as np
 
     tokens = ["The", " circle", " is", " red", ".", END]
-    page = render_html(tokens, [0.02, 0.4, 0.01, 0.9, 0.0, 0.05], 0.3, prompt="What colour?", images=[_image()])
+    page = render_html(tokens, [0.02, 0.4, 0.01, 0.9, 0.0, 0.05], 0.4, prompt="What colour?", images=[_image()])
     (tmp_path / "inspect.html").write_text(page, encoding="utf-8")
     shot = tmp_path / "shot.png"
     cmd = [

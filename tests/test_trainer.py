@@ -54,6 +54,7 @@ def make_trainer(tmp_path, algorithm="pgpo", model=None, **overrides):
 
 METRICS = [
     "dependency/mean",
+    "dependency/mean_log1p",
     "dependency/p50",
     "dependency/p90",
     "shaping/gated_frac",
@@ -83,82 +84,184 @@ def test_each_algorithm_trains(tmp_path, algorithm):
         assert logs[-1]["shaping/weight_gated"] > 1 > logs[-1]["shaping/weight_ungated"]
 
 
+def test_default_config_is_the_papers_pgpo(tmp_path):
+    args = PGPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    assert (args.advantage_shaping, args.dependency_estimator, args.text_only_mode) == ("pgpo", "k3", "mask")
+    assert (args.pgpo_tau, args.pgpo_beta, args.pgpo_eps, args.pgpo_normalize) == (0.4, 2.0, 1e-8, True)
+    assert (args.loss_type, args.epsilon, args.epsilon_high, args.beta) == ("dapo", 0.2, 0.28, 0.0)
+    assert args.k3_clamp == "none" and not args.mask_vision_delimiters
+
+
 def _final_params(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
 
-def test_pgpo_with_unit_weights_equals_grpo(tmp_path):
-    """alpha = 0, beta = 1 makes every raw weight 1, so w = 1: the update must be GRPO's, bit for bit (to 1e-6)."""
-    grpo = make_trainer(tmp_path / "grpo", "grpo")
-    grpo.train()
-    unit = make_trainer(tmp_path / "unit", "pgpo", pgpo_alpha=0.0, pgpo_beta=1.0)
+def _max_diff(a, b):
+    return max((a[n] - b[n]).abs().max().item() for n in a)
+
+
+def test_pgpo_with_unit_weights_equals_dapo(tmp_path):
+    """tau = 0 and beta = 0 make every weight exactly 1: the update must be plain DAPO's (to 1e-6)."""
+    dapo = make_trainer(tmp_path / "dapo", "dapo", filter_zero_advantage=False, mask_truncated_completions=False)
+    dapo.train()
+    unit = make_trainer(tmp_path / "unit", "pgpo", pgpo_tau=0.0, pgpo_beta=0.0)
     unit.train()
     shaped = make_trainer(tmp_path / "pgpo", "pgpo")
     shaped.train()
-    a, b, c = _final_params(grpo), _final_params(unit), _final_params(shaped)
-    max_diff = max((a[n] - b[n]).abs().max().item() for n in a)
-    assert max_diff < 1e-6
-    assert max((a[n] - c[n]).abs().max().item() for n in a) > 1e-6  # real shaping does change the update
-    ga = [h["grad_norm"] for h in grpo.state.log_history if "grad_norm" in h]
+    a, b, c = _final_params(dapo), _final_params(unit), _final_params(shaped)
+    assert _max_diff(a, b) < 1e-6
+    assert _max_diff(a, c) > 1e-6  # real shaping does change the update
+    ga = [h["grad_norm"] for h in dapo.state.log_history if "grad_norm" in h]
     gb = [h["grad_norm"] for h in unit.state.log_history if "grad_norm" in h]
     assert ga == pytest.approx(gb, abs=1e-6)
 
 
 @pytest.fixture
-def own_passes(monkeypatch):
-    """Counts PGPO's own no-grad image-conditioned passes (``PGPOTrainer._score_output`` calls)."""
-    calls = {"own": 0}
-    original = PGPOTrainer._score_output
+def image_passes(monkeypatch):
+    """Counts PGPO's own image-conditioned passes: _sampled_logps calls on batches without position_ids (the blind
+    batch of text_only_mode='mask' always has them)."""
+    calls = {"image": 0, "blind": 0}
+    original = PGPOTrainer._sampled_logps
 
-    def counting(self, output):
-        calls["own"] += 1
-        return original(self, output)
+    def counting(self, batch, logits_to_keep):
+        calls["blind" if "position_ids" in batch else "image"] += 1
+        return original(self, batch, logits_to_keep)
 
-    monkeypatch.setattr(PGPOTrainer, "_score_output", counting)
+    monkeypatch.setattr(PGPOTrainer, "_sampled_logps", counting)
     return calls
 
 
-def test_dependency_shared_with_old_logprob_pass(tmp_path, own_passes):
-    """When TRL runs its no-grad old-log-prob pass, PGPO scores inside it: one image forward, not two."""
-    trainer = make_trainer(tmp_path, "pgpo", steps_per_generation=2, gradient_accumulation_steps=1, max_steps=2)
-    assert trainer._trl_runs_old_logps_pass()
-    trainer.train()
-    assert own_passes["own"] == 0
+@pytest.mark.parametrize(
+    "overrides,source",
+    [
+        ({}, "training_forward"),
+        ({"steps_per_generation": 2, "gradient_accumulation_steps": 1}, "trl_old_logps"),
+        ({"dependency_from_training_forward": False}, "own_pass"),
+        ({"dependency_estimator": "kl"}, "own_pass"),
+        ({"advantage_shaping": "vppo"}, "own_pass"),
+        ({"advantage_shaping": "none"}, "none"),
+        ({"advantage_shaping": "none", "log_visual_dependency": True}, "training_forward"),
+    ],
+)
+def test_the_dependency_source_is_decided_once_per_configuration(tmp_path, overrides, source):
+    assert make_trainer(tmp_path, "pgpo", **overrides).dependency_source == source
+
+
+def _logged(trainer, keys=("loss", "dependency/mean", "dependency/p90", "shaping/gated_frac", "grad_norm")):
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert all(math.isfinite(h["shaping/gated_frac"]) for h in logs if "shaping/gated_frac" in h)
+    return {k: [h.get(k) for h in logs] for k in keys}  # generation-time metrics appear on generation steps only
+
+
+def _assert_same_logs(a, b):
+    for key in a:
+        assert [x is None for x in a[key]] == [y is None for y in b[key]], key
+        assert [x for x in a[key] if x is not None] == pytest.approx([y for y in b[key] if y is not None], rel=1e-4), (
+            key
+        )
 
 
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
-def test_dependency_from_training_forward_equals_own_pass(tmp_path, own_passes, gradient_checkpointing):
-    """Aligned configuration: p_image from the training forward gives the update of PGPO's own no-grad pass."""
-    calls = own_passes
+def test_training_forward_source_equals_own_pass(tmp_path, image_passes, gradient_checkpointing):
+    """TRL's default configuration: log pi_img from the training forward gives the update of PGPO's own pass."""
     own = make_trainer(tmp_path / "own", "pgpo", dependency_from_training_forward=False)
+    assert own.dependency_source == "own_pass"
     own.train()
-    assert calls["own"] == 2
-    hooked = make_trainer(
-        tmp_path / "hooked",
-        "pgpo",
-        dependency_from_training_forward=True,
-        gradient_checkpointing=gradient_checkpointing,
-    )
-    assert hooked._can_score_in_training_forward()
+    assert image_passes["image"] == 2 and image_passes["blind"] == 2
+    hooked = make_trainer(tmp_path / "tf", "pgpo", gradient_checkpointing=gradient_checkpointing)
+    assert hooked.dependency_source == "training_forward"
     hooked.train()
-    assert calls["own"] == 2  # no own image-conditioned pass
-    a, b = _final_params(own), _final_params(hooked)
-    assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-5
-    keys = ("dependency/mean", "dependency/p90", "shaping/gated_frac", "shaping/weight_gated", "grad_norm")
-    logs = [[h for h in t.state.log_history if "loss" in h] for t in (own, hooked)]
-    for key in keys:
-        assert [h[key] for h in logs[0]] == pytest.approx([h[key] for h in logs[1]], rel=1e-4), key
+    assert image_passes["image"] == 2 and image_passes["blind"] == 4  # no image pass of its own
+    assert _max_diff(_final_params(own), _final_params(hooked)) < 1e-5
+    a, b = _logged(own), _logged(hooked)
+    _assert_same_logs(a, b)
+
+
+def test_trl_old_logps_source_equals_own_pass(tmp_path, image_passes, monkeypatch):
+    """When TRL runs its old-log-prob pass, PGPO reuses its log-probs: no image pass of its own, same update."""
+    overrides = dict(steps_per_generation=2, gradient_accumulation_steps=1, max_steps=2)
+    shared = make_trainer(tmp_path / "shared", "pgpo", **overrides)
+    assert shared.dependency_source == "trl_old_logps"
+    shared.train()
+    assert image_passes["image"] == 0 and image_passes["blind"] == 1
+    monkeypatch.setattr(PGPOTrainer, "_choose_dependency_source", lambda self: "own_pass")
+    own = make_trainer(tmp_path / "own", "pgpo", **overrides)
+    own.train()
+    assert image_passes["image"] == 1
+    assert _max_diff(_final_params(shared), _final_params(own)) < 1e-5
+    a, b = _logged(shared), _logged(own)
+    _assert_same_logs(a, b)
+
+
+def test_trainer_dependency_equals_the_library_score_batch(tmp_path):
+    """The trainer's scores (TRL's fused head, micro-batched) == pgpo.dependency.score_batch on the same batch.
+
+    In float32: TRL's configs default to bf16 autocast (on the CPU too), under which both sides carry bf16 noise."""
+    from pgpo.dependency import score_batch
+
+    trainer = make_trainer(tmp_path, "pgpo", dependency_from_training_forward=False, bf16=False)
+    captured = {}
+    original = trainer._shape_advantages
+
+    def keep(batch, scores, mode):
+        captured.update(batch=dict(batch), scores=scores.clone())
+        return original(batch, scores, mode)
+
+    trainer._shape_advantages = keep
+    trainer.train()
+    out = captured["batch"]
+    batch = {k: out[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids") if k in out}
+    batch["input_ids"] = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    batch["attention_mask"] = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    # the weights of the last generation batch are those after step 1; score with a copy of them
+    ref_model = make_trainer(tmp_path / "ref", "pgpo", dependency_from_training_forward=False, max_steps=1, bf16=False)
+    ref_model.train()
+    ref = score_batch(ref_model.model, batch, out["completion_ids"].shape[1], temperature=ref_model.temperature)
+    torch.testing.assert_close(captured["scores"], ref, atol=1e-5, rtol=1e-4)
 
 
 def test_config_rejects_bad_options(tmp_path):
-    with pytest.raises(ValueError, match="advantage_shaping"):
-        PGPOConfig(output_dir=str(tmp_path), use_cpu=True, advantage_shaping="ppo")
-    with pytest.raises(ValueError, match="text_only_mode"):
-        PGPOConfig(output_dir=str(tmp_path), use_cpu=True, text_only_mode="crop")
-    with pytest.raises(ValueError, match="beta"):
-        PGPOConfig(output_dir=str(tmp_path), use_cpu=True, pgpo_beta=2.0)
+    base = dict(output_dir=str(tmp_path), use_cpu=True)
+    for kwargs, msg in [
+        ({"advantage_shaping": "ppo"}, "unknown advantage_shaping 'ppo'"),
+        ({"text_only_mode": "crop"}, "text_only_mode"),
+        ({"dependency_estimator": "k2"}, "dependency_estimator"),
+        ({"k3_clamp": "tight"}, "k3_clamp"),
+        ({"pgpo_tau": 1.5}, "pgpo_tau"),
+        ({"pgpo_tau": float("nan")}, "pgpo_tau"),
+        ({"pgpo_beta": -1.0}, "pgpo_beta"),
+        ({"pgpo_eps": float("inf")}, "pgpo_eps"),
+        ({"vppo_top_p_tokens": 0.0, "advantage_shaping": "vppo"}, "vppo_top_p_tokens"),
+        ({"epsilon_high": float("nan")}, "epsilon_high"),
+        ({"loss_type": "luspo", "importance_sampling_level": "sequence"}, "loss_type"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            PGPOConfig(**base, **kwargs)
+
+
+def test_a_text_only_model_is_refused_when_dependency_is_scored(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pgpo.models.tiny_qwen import build_tiny_qwen25vl_processor
+
+    tok = build_tiny_qwen25vl_processor().tokenizer
+    cfg = AutoConfig.for_model(
+        "qwen2",
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    text_ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]] * 8})
+    with pytest.raises(ValueError, match="needs a vision-language model"):
+        PGPOTrainer(
+            model=AutoModelForCausalLM.from_config(cfg),
+            reward_funcs=length_reward,
+            args=small_args(tmp_path),
+            train_dataset=text_ds,
+            processing_class=tok,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- bad data

@@ -147,16 +147,16 @@ def write_report(results: list[dict], out_dir: str | Path, command: str) -> Path
     pngs = [plot_accuracy(accuracy_table(results), out), *plot_curves(runs, out)]
     sample = results[0].get("heatmap_sample")
     if sample:
-        from pgpo.inspect import render_png, sparsity_summary
+        from pgpo.inspection import render_png
 
-        summary = sparsity_summary(sample["scores"])
         pngs.append(
             render_png(
                 sample["tokens"],
-                sample["scores"],
-                summary.threshold,
+                sample["importance"],
+                sample["tau"],
                 out / "dependency_heatmap.png",
                 title=f"PGPO model, held-out question: {sample['question']} (gold: {sample['answer']})",
+                weights=sample["weights"],
             )
         )
     md = summary_markdown(results, command)

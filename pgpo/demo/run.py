@@ -146,7 +146,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
 def _sample_dependency(model, processor, sample, cfg: DemoConfig) -> dict:
     """Per-token dependency of the PGPO model's own greedy answer to one held-out question (for the heatmap)."""
-    from pgpo.inspect import score_tokens
+    from pgpo.inspection import score_tokens
 
     res = score_tokens(
         model, processor, [sample["image"]], sample_prompt(sample), max_new_tokens=cfg.max_completion_length
