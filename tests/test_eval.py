@@ -337,17 +337,15 @@ def test_paper_protocol_resolves_to_exactly_the_listed_settings():
 
 
 def test_paper_yaml_and_cli_parse_to_the_same_settings():
-    from pgpo.commands.eval import make_parser, merge_repeated
+    from pgpo.commands.eval import parse
 
-    parser = make_parser()
-    (from_yaml,) = parser.parse_args_and_config(["--config", str(REPO / "configs" / "eval_paper.yaml")])
-    (from_cli,) = parser.parse_args_and_config(merge_repeated(["--protocol", "paper"]))
+    from_yaml = parse(["--config", str(REPO / "configs" / "eval_paper.yaml")])
+    from_cli = parse(["--protocol", "paper"])
     assert from_yaml.resolve().to_dict() == from_cli.resolve().to_dict() == PAPER_SETTINGS
-    assert from_yaml.benchmark == ["all"]
-    (args,) = parser.parse_args_and_config(
-        merge_repeated(["--benchmark", "geo3k", "--benchmark", "mmk12", "--top-p", "0.9", "--max_pixels", "100"])
-    )
+    assert from_yaml.benchmark == ["all"] and from_yaml.k == 8  # the YAML writes every setting out
+    args = parse(["--benchmark", "geo3k", "--benchmark", "mmk12", "--top-p", "0.9", "--max_pixels", "100"])
     assert args.benchmark == ["geo3k", "mmk12"] and args.top_p == 0.9 and args.max_pixels == 100
+    assert parse(["--config", str(REPO / "configs" / "eval_paper.yaml"), "--k", "2"]).resolve().k == 2
 
 
 def test_settings_are_printed_at_start_and_written_to_summary(bench_root, tmp_path, capsys):
