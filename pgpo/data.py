@@ -3,7 +3,7 @@ r"""RLVR training data in the trainer's format, from ViRL39K-style records, ``sa
 The output is a ``datasets.Dataset`` with the columns TRL's ``GRPOTrainer`` expects for a VLM:
 
 * ``prompt``: conversational, ``[{"role": "user", "content": [{"type": "image"}, ..., {"type": "text", "text": q}]}]``
-  with one ``{"type": "image"}`` per image (images first) and the question wrapped in :data:`PGPO_PROMPT_TEMPLATE`;
+  with one ``{"type": "image"}`` per image (images first) and the question wrapped in :data:`PAPER_PROMPT_TEMPLATE`;
 * ``image`` (one PIL image per row, when every row has exactly one) or ``images`` (a list per row, otherwise);
 * ``answer``: the gold answer as a string (an outer ``\boxed{...}`` is removed: ViRL39K stores ``\boxed{17}``);
 * ``id`` when the records have one (``qid`` or ``id``).
@@ -37,17 +37,33 @@ from typing import Any
 import datasets
 from PIL import Image
 
+from pgpo.answers import unwrap_boxed
+
 logger = logging.getLogger(__name__)
 
-PGPO_PROMPT_TEMPLATE = (
+PAPER_INSTRUCTION = (
+    "You first think through the reasoning process as an internal monologue, enclosed within <think> </think> tags. "
+    "Then, provide your final answer enclosed within \\boxed{}."
+)
+PAPER_PROMPT_TEMPLATE = "{question}\n\n" + PAPER_INSTRUCTION.replace("{}", "{{}}")
+"""The paper's prompt (PGPO Sec. 5.1 / App. A, the same for training and evaluation): the question, then the
+instruction above. The wording is the paper's; the blank line between question and instruction is PAPO's
+``examples/format_prompt/math_perception.jinja`` (``{{ content | trim }}``, blank line, instruction), which the paper
+follows. ``{question}`` is the only field (``\\boxed{{}}`` is an escaped brace pair for ``str.format``)."""
+
+PAPER_SYSTEM_PROMPT = "You are a helpful assistant."
+"""The paper's system message (also Qwen2.5-VL's default system prompt and LLaMA-Factory's ``qwen2_vl`` default)."""
+
+EASYR1_PROMPT_TEMPLATE = (
     "{question}\nYou FIRST think about the reasoning process as an internal monologue and then provide the final "
     "answer. The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE put in "
     "\\boxed{{}}."
 )
-"""The paper's think-then-box prompt. The instruction sentence is EasyR1's math format prompt
-(``examples/format_prompt/math.jinja`` in hiyouga/EasyR1, also used by VPPO's training and evaluation scripts);
-pgpo joins it to the question with a newline. ``{question}`` is the only field (``\\boxed{{}}`` is an escaped brace
-pair for ``str.format``)."""
+"""EasyR1's math format prompt (``examples/format_prompt/math.jinja`` in hiyouga/EasyR1), NOT the paper's; kept as
+the named template ``easyr1``."""
+
+PROMPT_TEMPLATES = {"paper": PAPER_PROMPT_TEMPLATE, "easyr1": EASYR1_PROMPT_TEMPLATE, "plain": "{question}"}
+"""Named prompt templates (:func:`resolve_prompt_template`)."""
 
 QUESTION_COLUMNS = ("question", "problem")
 IMAGE_COLUMNS = ("images", "image")
@@ -68,28 +84,48 @@ def strip_image_placeholders(text: str) -> str:
     return text.strip()
 
 
-def format_prompt(question: str, prompt_template: str = PGPO_PROMPT_TEMPLATE) -> str:
+def resolve_prompt_template(template: str | None) -> str:
+    """A template by name (``paper``, ``easyr1``, ``plain``; None = ``paper``) or itself when it has ``{question}``.
+
+    Raises ``ValueError`` for anything else (a typo in a name must not become the literal prompt).
+    """
+    if template is None:
+        return PAPER_PROMPT_TEMPLATE
+    if template in PROMPT_TEMPLATES:
+        return PROMPT_TEMPLATES[template]
+    if "{question}" not in template:
+        raise ValueError(
+            f"prompt template {template!r} is neither a name ({', '.join(PROMPT_TEMPLATES)}) nor a template with "
+            "a {question} field"
+        )
+    return template
+
+
+def format_prompt(question: str, prompt_template: str = PAPER_PROMPT_TEMPLATE) -> str:
     """The user text for a question: placeholders stripped, then ``prompt_template.format(question=...)``."""
     return prompt_template.format(question=strip_image_placeholders(question))
 
 
-def build_messages(question: str, n_images: int, prompt_template: str = PGPO_PROMPT_TEMPLATE) -> list[dict[str, Any]]:
-    """``[{"role": "user", "content": [{"type": "image"} * n_images, {"type": "text", "text": ...}]}]``."""
+def build_messages(
+    question: str,
+    n_images: int,
+    prompt_template: str = PAPER_PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+) -> list[dict[str, Any]]:
+    """The one prompt builder: chat messages for a question with ``n_images`` images (images first).
+
+    ``[{"role": "system", ...}]`` (only when ``system_prompt`` is given; without one, the chat template's default
+    applies -- Qwen2.5-VL's is the paper's "You are a helpful assistant.") then
+    ``{"role": "user", "content": [{"type": "image"} * n_images, {"type": "text", "text": ...}]}``. All contents are
+    lists of parts, so a dataset column holding these messages has one Arrow type.
+    """
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
     content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
     content.append({"type": "text", "text": format_prompt(question, prompt_template)})
-    return [{"role": "user", "content": content}]
-
-
-def unwrap_boxed_answer(answer: Any) -> str:
-    r"""The gold answer as a string, without one outer ``\boxed{...}`` (``\boxed{17^\circ}`` -> ``17^\circ``)."""
-    from pgpo.scoring import last_boxed
-
-    text = "" if answer is None else str(answer).strip()
-    if text.startswith(("\\boxed", "\\fbox")):
-        inner = last_boxed(text)
-        if inner is not None:
-            return inner.strip()
-    return text
+    messages.append({"role": "user", "content": content})
+    return messages
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -262,6 +298,28 @@ def _read_files(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def split_names(path: str | Path) -> list[str]:
+    """The split names in ``path`` (a Hub-style folder or a ``save_to_disk`` DatasetDict); ``[]`` for a single file,
+    a single ``Dataset`` or a path that does not exist."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return []
+    if not _is_saved_dataset(path):
+        try:
+            sources = folder_sources(path)
+        except ValueError:
+            return []
+        if not isinstance(sources, Path):
+            return list(sources)
+        path = sources
+    if (path / "dataset_dict.json").is_file():
+        try:
+            return list(json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", []))
+        except (OSError, json.JSONDecodeError):
+            return []
+    return []
+
+
 def read_rows(
     path: str | Path, split: str | None = None, preferred_splits: Sequence[str] = ("train",)
 ) -> tuple[list[dict[str, Any]], Path]:
@@ -320,7 +378,7 @@ def _first_key(row: Mapping[str, Any], names: Sequence[str]) -> str | None:
 def records_to_dataset(
     records: Iterable[Mapping[str, Any]],
     image_root: str | Path | None = None,
-    prompt_template: str = PGPO_PROMPT_TEMPLATE,
+    prompt_template: str = PAPER_PROMPT_TEMPLATE,
     check_images: bool = True,
     text_only: str = "drop",
 ) -> datasets.Dataset:
@@ -363,7 +421,7 @@ def records_to_dataset(
             sources.append(source)
         prompts.append(build_messages(str(row[q_key]), len(sources), prompt_template))
         images.append(sources)
-        answers.append(unwrap_boxed_answer(row["answer"]))
+        answers.append(unwrap_boxed(row["answer"]))
         id_key = _first_key(row, ID_COLUMNS)
         ids.append(str(row[id_key]) if id_key else None)
     if dropped:
@@ -394,7 +452,7 @@ def load_rlvr_dataset(
     path: str | Path,
     image_root: str | Path | None = None,
     split: str | None = None,
-    prompt_template: str = PGPO_PROMPT_TEMPLATE,
+    prompt_template: str = PAPER_PROMPT_TEMPLATE,
     limit: int | None = None,
     check_images: bool = True,
     text_only: str = "drop",

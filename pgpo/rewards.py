@@ -1,7 +1,17 @@
-r"""TRL reward functions for RLVR on multimodal math: answer accuracy and the think-then-box format.
+r"""TRL reward functions for RLVR on multimodal math: the paper's reward and pgpo's lenient ones.
 
-Both follow TRL's reward-function contract (``GRPOTrainer(reward_funcs=[accuracy_reward, format_reward])``): they get
-the batch's ``completions`` plus every other dataset column as keyword lists, and return one float per completion.
+* The paper's (Sec. 5.1 / App. A, VPPO's ``examples/reward_function/math.py`` which the paper follows, the same as
+  PAPO's): :func:`paper_accuracy_reward` (mathruler ``grade_answer`` on the last ``\boxed{}`` -- the grader of
+  ``pgpo eval``, :func:`pgpo.answers.paper_grade`), :func:`paper_format_reward` (fullmatch of
+  ``<think>.*</think>.*\boxed\{.*\}.*``, DOTALL) and :func:`paper_reward` = 0.9 * accuracy + 0.1 * format, each on
+  the tag-normalised completion (:func:`pgpo.answers.normalize_tags`), as VPPO/PAPO's ``compute_score`` does.
+* pgpo's lenient ones: :func:`accuracy_reward` (:func:`pgpo.answers.check_answer`: math-verify, letters, units) and
+  :func:`format_reward` (exactly one leading think block, then a balanced box).
+
+``pgpo train --reward_funcs`` names them (``paper``, ``paper_accuracy``, ``paper_format``, ``accuracy``, ``format``:
+``pgpo.commands.train.REWARDS``). All follow TRL's reward-function contract
+(``GRPOTrainer(reward_funcs=[paper_reward])``): they get the batch's ``completions`` plus every other dataset column
+as keyword lists, and return one float per completion.
 A completion may be conversational (``[{"role": "assistant", "content": "..."}]``, where ``content`` may also be a
 list of ``{"type": "text", "text": ...}`` parts) or a plain string. Nothing here raises on a strange completion: it
 scores 0.0.
@@ -13,7 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pgpo.scoring import boxed_contents, check_answer, extract_answer
+from pgpo.answers import boxed_contents, check_answer, extract_answer, normalize_tags, paper_grade
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
@@ -46,6 +56,13 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def _missing_answer(name: str, kwargs: dict[str, Any]) -> ValueError:
+    return ValueError(
+        f"{name} needs the gold answers in a dataset column named 'answer' "
+        f"(the batch has columns: {sorted(k for k in kwargs if not k.startswith(('log_', 'trainer_')))})"
+    )
+
+
 def _column(values: Any, n: int, name: str) -> list[Any]:
     if values is None:
         return [None] * n
@@ -58,7 +75,7 @@ def _column(values: Any, n: int, name: str) -> list[Any]:
 def accuracy_reward(
     completions: list[Any], answer: list[str] | None = None, choices: list[Any] | None = None, **kwargs: Any
 ) -> list[float]:
-    r"""1.0 when the completion's final answer (last ``\boxed{}``, see :mod:`pgpo.scoring`) equals the gold ``answer``.
+    r"""1.0 when the completion's final answer (lenient checker, see :mod:`pgpo.answers`) equals the gold ``answer``.
 
     ``answer`` is the dataset's gold column (``\boxed{...}`` around it is fine, as in ViRL39K); the optional
     ``choices`` column (option texts in letter order, or None per row) enables option-text matching for multiple
@@ -66,10 +83,7 @@ def accuracy_reward(
     dataset has no ``answer`` column.
     """
     if answer is None:
-        raise ValueError(
-            "accuracy_reward needs the gold answers in a dataset column named 'answer' "
-            f"(the batch has columns: {sorted(k for k in kwargs if not k.startswith(('log_', 'trainer_')))})"
-        )
+        raise _missing_answer("accuracy_reward", kwargs)
     n = len(completions)
     answers = _column(answer, n, "answer")
     choice_lists = _column(choices, n, "choices")
@@ -100,7 +114,7 @@ def has_think_then_box(text: str) -> bool:
 def format_reward(completions: list[Any], **kwargs: Any) -> list[float]:
     r"""1.0 when the completion is ``<think> reasoning </think>`` followed by an answer in ``\boxed{}``, else 0.0.
 
-    The format asked for by :data:`pgpo.data.PGPO_PROMPT_TEMPLATE` (EasyR1 / VPPO's math format reward).
+    pgpo's lenient format check (stricter than the paper's in its structure, see :func:`paper_format_reward`).
     """
     rewards = []
     for completion in completions:
@@ -110,3 +124,43 @@ def format_reward(completions: list[Any], **kwargs: Any) -> list[float]:
             ok = False
         rewards.append(1.0 if ok else 0.0)
     return rewards
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The paper's reward (VPPO / PAPO ``examples/reward_function/math.py``)
+# ----------------------------------------------------------------------------------------------------------------------
+
+PAPER_FORMAT_RE = re.compile(r"<think>.*</think>.*\\boxed\{.*\}.*", re.DOTALL)
+"""VPPO-RL / PAPO ``format_reward``: ``re.fullmatch`` of this pattern on the tag-normalised response."""
+PAPER_FORMAT_WEIGHT = 0.1
+"""``compute_score(..., format_weight=0.1)``: overall = 0.9 * accuracy + 0.1 * format."""
+
+
+def paper_accuracy_reward(completions: list[Any], answer: list[str] | None = None, **kwargs: Any) -> list[float]:
+    r"""1.0 when mathruler's ``grade_answer`` accepts the last ``\boxed{}`` of the completion for the gold ``answer``.
+
+    The grader of ``pgpo eval`` (:func:`pgpo.answers.paper_grade`). Completions may be plain strings or
+    conversational; a completion without a closed last box scores 0.0. Raises ``ValueError`` without an ``answer``
+    column.
+    """
+    if answer is None:
+        raise _missing_answer("paper_accuracy_reward", kwargs)
+    answers = _column(answer, len(completions), "answer")
+    return [
+        1.0 if paper_grade(completion_text(c), "" if g is None else str(g))[1] else 0.0
+        for c, g in zip(completions, answers)
+    ]
+
+
+def paper_format_reward(completions: list[Any], **kwargs: Any) -> list[float]:
+    r"""1.0 when the tag-normalised completion fullmatches ``<think>.*</think>.*\boxed\{.*\}.*`` (DOTALL), else 0.0."""
+    return [1.0 if PAPER_FORMAT_RE.fullmatch(normalize_tags(completion_text(c))) else 0.0 for c in completions]
+
+
+def paper_reward(completions: list[Any], answer: list[str] | None = None, **kwargs: Any) -> list[float]:
+    """The paper's reward: 0.9 * :func:`paper_accuracy_reward` + 0.1 * :func:`paper_format_reward`."""
+    if answer is None:
+        raise _missing_answer("paper_reward", kwargs)
+    acc = paper_accuracy_reward(completions, answer)
+    fmt = paper_format_reward(completions)
+    return [(1 - PAPER_FORMAT_WEIGHT) * a + PAPER_FORMAT_WEIGHT * f for a, f in zip(acc, fmt)]

@@ -12,15 +12,23 @@ import pytest
 from PIL import Image
 
 from pgpo.data import (
-    PGPO_PROMPT_TEMPLATE,
+    EASYR1_PROMPT_TEMPLATE,
+    PAPER_PROMPT_TEMPLATE,
+    PAPER_SYSTEM_PROMPT,
     build_messages,
     format_prompt,
     load_rlvr_dataset,
     records_to_dataset,
+    resolve_prompt_template,
     strip_image_placeholders,
 )
 
-INSTRUCTION = PGPO_PROMPT_TEMPLATE.format(question="").strip()
+INSTRUCTION = PAPER_PROMPT_TEMPLATE.format(question="").strip()
+# The paper's prompt (PGPO Sec. 5.1 / App. A), typed from the paper, not from pgpo's constant.
+PAPER_WORDING = (
+    "You first think through the reasoning process as an internal monologue, enclosed within <think> </think> tags. "
+    "Then, provide your final answer enclosed within \\boxed{}."
+)
 
 
 def _png(path, color="red"):
@@ -62,19 +70,48 @@ def virl_dir(tmp_path):
     return tmp_path
 
 
-def test_prompt_template_is_think_then_box():
-    text = format_prompt("<image>What is x?")
-    assert text.startswith("What is x?\nYou FIRST think about the reasoning process as an internal monologue")
-    assert "<think> </think>" in text and text.endswith(r"put in \boxed{}.")
+def test_default_prompt_is_the_papers():
+    # question (placeholders removed, trimmed as PAPO's {{ content | trim }}), a blank line, the paper's instruction
+    assert format_prompt("<image>What is x? ") == "What is x?\n\n" + PAPER_WORDING
+    assert INSTRUCTION == PAPER_WORDING
+    assert PAPER_SYSTEM_PROMPT == "You are a helpful assistant."
     assert strip_image_placeholders("<image1> a <image 2>b<image_3> <IMAGE>") == "a b"
+    assert format_prompt("Q", EASYR1_PROMPT_TEMPLATE).startswith("Q\nYou FIRST think about the reasoning process")
+
+
+def test_named_prompt_templates():
+    assert resolve_prompt_template(None) == resolve_prompt_template("paper") == PAPER_PROMPT_TEMPLATE
+    assert (
+        resolve_prompt_template("plain") == "{question}" and resolve_prompt_template("Q: {question}") == "Q: {question}"
+    )
+    with pytest.raises(ValueError, match="neither a name"):
+        resolve_prompt_template("papr")
 
 
 def test_build_messages_one_image_entry_per_image():
     messages = build_messages("Q?", 2)
     content = messages[0]["content"]
-    assert messages[0]["role"] == "user"
+    assert messages[0]["role"] == "user" and len(messages) == 1
     assert [c["type"] for c in content] == ["image", "image", "text"]
-    assert content[-1]["text"].startswith("Q?\n")
+    assert content[-1]["text"].startswith("Q?\n\n")
+    with_system = build_messages("Q?", 1, system_prompt=PAPER_SYSTEM_PROMPT)
+    assert with_system[0] == {"role": "system", "content": [{"type": "text", "text": PAPER_SYSTEM_PROMPT}]}
+    assert with_system[1]["role"] == "user"
+
+
+def test_paper_system_message_renders_like_qwens_default(tiny_qwen):
+    """Qwen's chat template adds "You are a helpful assistant." itself: the explicit message changes nothing there."""
+    _, processor = tiny_qwen
+    render = lambda m: processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    assert render(build_messages("Q?", 1, system_prompt=PAPER_SYSTEM_PROMPT)) == render(build_messages("Q?", 1))
+
+
+def test_tasks_messages_come_from_the_one_builder():
+    from pgpo.tasks.hf import DEFAULT_PROMPT_TEMPLATE, prompt_text, to_messages
+
+    sample = {"question": "How many dots?", "choices": None, "family": "count"}
+    text = prompt_text(sample, DEFAULT_PROMPT_TEMPLATE)
+    assert to_messages(sample) == [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
 
 def test_virl39k_parquet_with_image_folder(virl_dir):

@@ -33,7 +33,7 @@ def merge_repeated(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 def snake_case_flags(argv: list[str]) -> list[str]:
     """``--max-new-tokens`` -> ``--max_new_tokens`` (values are left alone)."""
-    return [a.replace("-", "_") if a.startswith("--") and "=" not in a else a for a in argv]
+    return ["--" + a[2:].replace("-", "_") if a.startswith("--") and "=" not in a else a for a in argv]
 
 
 def parse_config(cls: type[T], argv: list[str], prog: str, repeatable: tuple[str, ...] = ()) -> T:

@@ -38,7 +38,9 @@ class PGPOScriptArguments:
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy"],
         metadata={
-            "help": "Reward functions: accuracy (math-verify), format (think + boxed), tasks (pgpo.tasks answers), or module.function."
+            "help": "Reward functions: paper (the paper's 0.9 * mathruler accuracy + 0.1 * format), paper_accuracy, "
+            "paper_format, accuracy (lenient, math-verify), format (lenient think + boxed), tasks (pgpo.tasks answers), "
+            "or module.function."
         },
     )
     algorithm: str | None = field(
@@ -48,6 +50,9 @@ class PGPOScriptArguments:
 
 
 REWARDS = {
+    "paper": "pgpo.rewards.paper_reward",
+    "paper_accuracy": "pgpo.rewards.paper_accuracy_reward",
+    "paper_format": "pgpo.rewards.paper_format_reward",
     "accuracy": "pgpo.rewards.accuracy_reward",
     "format": "pgpo.rewards.format_reward",
     "tasks": "pgpo.tasks.correctness_reward",
@@ -80,7 +85,7 @@ def load_training_data(script_args: PGPOScriptArguments, seed: int):
         return to_hf_dataset(load_easy_vqa("train", script_args.dataset_size, seed=seed))
     from pgpo import data
 
-    template = data.PGPO_PROMPT_TEMPLATE if script_args.prompt_template == "think" else "{question}"
+    template = data.PAPER_PROMPT_TEMPLATE if script_args.prompt_template == "think" else "{question}"
     return data.load_rlvr_dataset(source, split=script_args.dataset_split, prompt_template=template)
 
 

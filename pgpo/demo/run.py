@@ -50,7 +50,7 @@ def _samples(split: str, n: int, cfg: DemoConfig):
 
 def evaluate_accuracy(model, processor, samples, batch_size: int = 32, max_new_tokens: int = 6) -> dict:
     """Greedy held-out accuracy, overall and per task family (answers checked by :func:`pgpo.tasks.check`)."""
-    from pgpo.evaluate import GenerationRequest, HFGenerator
+    from pgpo.eval.generation import GenerationRequest, HFGenerator
     from pgpo.tasks import check
     from pgpo.tasks.hf import to_messages
 

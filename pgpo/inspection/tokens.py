@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from pgpo.data import build_messages
 from pgpo.dependency import ESTIMATORS, sampled_token_logps, score_batch
 from pgpo.shaping import PGPOShapingConfig, pgpo_weights
 from pgpo.text_only import TEXT_ONLY_MODES
@@ -114,11 +115,6 @@ def _as_image_list(images) -> list:
     return [images]
 
 
-def build_messages(n_images: int, prompt: str) -> list[dict]:
-    """One user turn: ``n_images`` image parts, then the text."""
-    return [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": prompt}]}]
-
-
 @torch.no_grad()
 def score_tokens(
     model,
@@ -161,7 +157,7 @@ def score_tokens(
     device, dtype = _model_device_dtype(model)
 
     chat = processor.apply_chat_template(
-        build_messages(len(image_list), prompt_text), add_generation_prompt=True, tokenize=False
+        build_messages(prompt_text, len(image_list), "{question}"), add_generation_prompt=True, tokenize=False
     )
     enc = processor(images=[image_list] if image_list else None, text=[chat], return_tensors="pt")
     enc = _to_device(dict(enc), device, dtype)

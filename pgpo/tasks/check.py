@@ -19,6 +19,7 @@ from typing import Any
 
 from math_verify import parse, verify
 
+from pgpo.answers import last_boxed
 from pgpo.tasks.easyvqa import EASY_VQA_VOCABULARY
 from pgpo.tasks.families import FAMILIES
 
@@ -43,29 +44,13 @@ MAX_NUMBER_CHARS = 300
 
 def final_answer(text: str) -> str:
     """The part of a reply that holds the answer: last ``\\boxed{}``, else last ``<answer>`` tag, else the text."""
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         return boxed
     tags = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL | re.IGNORECASE)
     if tags:
         return tags[-1]
     return text
-
-
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return text[i:]  # unclosed box: take the rest
 
 
 def words_to_digits(text: str) -> str:

@@ -7,6 +7,8 @@ from typing import Any
 
 import datasets
 
+from pgpo.data import build_messages
+
 DEFAULT_INSTRUCTION = "Answer with a single word or number."
 DEFAULT_PROMPT_TEMPLATE = "{question} " + DEFAULT_INSTRUCTION
 
@@ -33,13 +35,8 @@ def prompt_text(sample: Mapping[str, Any], prompt_template: str = DEFAULT_PROMPT
 
 
 def to_messages(sample: Mapping[str, Any], prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> list[dict[str, Any]]:
-    """``[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ...}]}]``."""
-    return [
-        {
-            "role": "user",
-            "content": [{"type": "image"}, {"type": "text", "text": prompt_text(sample, prompt_template)}],
-        }
-    ]
+    """``[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ...}]}]`` (:func:`pgpo.data.build_messages`)."""
+    return build_messages(prompt_text(sample, prompt_template), 1, "{question}")
 
 
 def to_hf_dataset(

@@ -1,21 +1,30 @@
-r"""Answer checking for RLVR rewards and benchmark evaluation.
+r"""Answer extraction and grading: the ONE home of both, shared by evaluation, rewards, data and the tasks checker.
 
-Two steps, both total functions (they never raise on odd input):
+Two graders, never mixed in one number:
 
-1. :func:`extract_answer` narrows a completion to its final answer: the last balanced ``\boxed{...}`` (nested braces
-   allowed, ``\fbox`` too), else the last ``<answer>...</answer>``, else the text after the last "answer is" /
-   "Answer:", else the last non-empty line. Text before a closing ``</think>`` is ignored by the fallbacks.
-2. :func:`check_answer` compares that answer with the gold answer:
+* **paper** (the default everywhere a number is compared with the paper): exactly PAPO-Eval's
+  ``compute_accuracy_boxed_math`` (``papo_eval/eval_utils.py`` in xhguo7/PAPO-Eval, which the PGPO paper, VPPO and PAPO
+  report with) -- whitespace around ``<``, ``>`` and ``/`` removed (:func:`normalize_tags`), the content of the LAST
+  ``\boxed{`` (:func:`last_boxed`), compared with ``mathruler.grader.grade_answer(answer, gold)``. An unclosed last
+  ``\boxed{`` (a truncated completion) is never credited, even when an earlier box was closed. A completion without a
+  box is never credited (PAPO-Eval passes mathruler's ``"None"`` string on; pgpo does not, so a gold answer that is
+  literally "None" is not matched by an unboxed completion -- the only difference, see ``docs/eval.md``).
+  :func:`paper_grade` / :func:`paper_extract`.
+* **lenient** (pgpo's own checker, a second labelled column): :func:`extract_answer` narrows a completion to its final
+  answer -- the last ``\boxed{...}`` (:func:`last_boxed`; a truncated last box gives ``""``), else the last
+  ``<answer>...</answer>``, else the text after the last "answer is" / "Answer:", else the last non-empty line; text
+  before a closing ``</think>`` is ignored by the fallbacks and a completion whose ``<think>`` never closes gives ``""``.
+  :func:`check_answer` then compares with the gold answer:
 
-   * **Multiple choice, gold is a letter** (MathVerse, MathVision, We-Math, LogicVista, DynaMath, MMK12): the
-     prediction's letter is read from ``B``, ``(B)``, ``B.``, ``B: 3``, ``(B) 3``, ``\text{B}``, ``Option B``; when the
-     choices are known, the option text itself ("3") also counts. LogicVista-style multi-letter golds (``A, C``) need
-     the same set of letters.
-   * **Multiple choice, gold is the option text** (MathVista): a predicted letter is mapped to its option first.
-   * **Everything else**: normalised string equality, then math-verify (``parse`` with LaTeX + expression
-     extraction on ``\boxed{answer}``, then ``verify(gold, pred)`` -- gold first, the function is not symmetric).
+  * **Multiple choice, gold is a letter** (MathVerse, MathVision, We-Math, LogicVista, DynaMath, MMK12, MMMU-Pro):
+    the prediction's letter is read from ``B``, ``(B)``, ``B.``, ``B: 3``, ``(B) 3``, ``\text{B}``, ``Option B``; when
+    the choices are known, the option text itself ("3") also counts. LogicVista-style multi-letter golds (``A, C``)
+    need the same set of letters.
+  * **Multiple choice, gold is the option text** (MathVista): a predicted letter is mapped to its option first.
+  * **Everything else**: normalised string equality, then math-verify (``parse`` with LaTeX + expression
+    extraction on ``\boxed{answer}``, then ``verify(gold, pred)`` -- gold first, the function is not symmetric).
 
-Decisions worth knowing (all pinned by ``tests/test_scoring.py``):
+Lenient decisions worth knowing (all pinned by ``tests/test_answers.py``):
 
 * Units are ignored: ``5 cm`` == ``5``, ``12.0 cm^2`` == ``12``, ``60°`` == ``60^\circ`` == ``60``.
 * A percent sign is ignored when only one side has it: ``50\%`` == ``50`` (MathVista writes bare numbers).
@@ -24,6 +33,8 @@ Decisions worth knowing (all pinned by ``tests/test_scoring.py``):
   float say so: ``answer_type="float"`` with a ``precision`` (MathVista: round both to that many decimals) or without
   one (DynaMath: absolute tolerance 1e-3, DynaMath's own rule).
 * An empty or missing prediction is wrong; so is an empty gold.
+
+Every function here is total: it never raises on odd input (a comparison error counts as wrong).
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ _ANSWER_IS_RE = re.compile(
     r"(?:final\s+answer|answer)\s*(?:is\s*[:：]?|[:：])\s*(.+)",
     re.IGNORECASE,
 )
-_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|mbox|operatorname)\s*\{([^{}]*)\}")
+_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|mbox|operatorname|fbox)\s*\{([^{}]*)\}")
 _UNIT_RE = re.compile(
     r"\s*(?:square\s+|sq\.?\s*|cubic\s+)?"
     r"(?:cm|mm|km|m|dm|in|inch(?:es)?|ft|feet|foot|yd|yards?|meters?|metres?|centimeters?|millimeters?|kilometers?|"
@@ -63,14 +74,43 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Extraction
+# The last \boxed{} (one rule for the whole package)
 # ----------------------------------------------------------------------------------------------------------------------
+
+_BOXED_OPEN = "\\boxed{"
+_TAG_SPACE_RE = re.compile(r"\s*(<|>|/)\s*")
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the LAST ``\boxed{`` in ``text`` (nested braces allowed, surrounding whitespace stripped), or None.
+
+    None when there is no ``\boxed{`` or when the last one is never closed (a truncated completion): an earlier,
+    closed box is *not* used instead. This is the rule of mathruler's ``extract_boxed_content`` (PAPO-Eval, VPPO,
+    EasyR1), which returns the string ``"None"`` where this returns None.
+    """
+    if not isinstance(text, str):
+        return None
+    start = text.rfind(_BOXED_OPEN)
+    if start < 0:
+        return None
+    depth = 0
+    begin = start + len(_BOXED_OPEN)
+    for i in range(begin, len(text)):
+        char = text[i]
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            if depth == 0:
+                return text[begin:i].strip()
+            depth -= 1
+    return None
 
 
 def boxed_contents(text: str) -> list[str]:
     r"""Contents of every balanced ``\boxed{...}`` / ``\fbox{...}`` in ``text``, in order (nested braces allowed).
 
-    ``\boxed 5`` (no braces) yields ``5``. An unclosed box (a truncated completion) is skipped.
+    ``\boxed 5`` (no braces) yields ``5``; an unclosed box is skipped. Used by the lenient format check; the final
+    answer is always :func:`last_boxed`.
     """
     if not isinstance(text, str):
         return []
@@ -107,23 +147,67 @@ def boxed_contents(text: str) -> list[str]:
             pos = i + 1
         else:
             pos = i
-        continue
 
 
-def last_boxed(text: str) -> str | None:
-    r"""Content of the last balanced ``\boxed{...}`` in ``text``, or None."""
-    boxes = boxed_contents(text)
-    return boxes[-1] if boxes else None
+def unwrap_boxed(answer: object) -> str:
+    r"""A gold answer as a string without one outer ``\boxed{...}`` (ViRL39K stores ``\boxed{17}``); else unchanged."""
+    text = "" if answer is None else str(answer).strip()
+    if text.startswith(_BOXED_OPEN):
+        inner = last_boxed(text)
+        if inner is not None and text.endswith("}"):
+            return inner
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The paper's grader (PAPO-Eval / VPPO: mathruler on the last \boxed{})
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def normalize_tags(text: str) -> str:
+    """PAPO-Eval's first step: whitespace around ``<``, ``>`` and ``/`` removed (``< / think >`` -> ``</think>``)."""
+    return _TAG_SPACE_RE.sub(r"\1", text) if isinstance(text, str) else ""
+
+
+def paper_extract(completion: str) -> str | None:
+    r"""The answer the paper's grader reads: :func:`last_boxed` of the tag-normalised completion (None: no answer)."""
+    return last_boxed(normalize_tags(completion))
+
+
+def paper_grade(completion: str, gold: str) -> tuple[str | None, bool]:
+    r"""``(extracted answer or None, correct)`` under the paper's protocol: ``grade_answer(last \boxed{}, gold)``.
+
+    ``gold`` is compared as given (benchmark answers are bare; one outer ``\boxed{}`` is removed, see
+    :func:`unwrap_boxed`). A completion without a closed last box is wrong. Never raises.
+    """
+    pred = paper_extract(completion)
+    if pred is None:
+        return None, False
+    gold_text = unwrap_boxed(gold)
+    try:
+        from mathruler.grader import grade_answer
+
+        return pred, bool(grade_answer(pred, gold_text))
+    except Exception:  # mathruler guards sympy itself; anything else is a wrong answer, not a crash
+        logger.debug("mathruler failed on pred=%r gold=%r", pred, gold_text, exc_info=True)
+        return pred, False
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The lenient checker: extraction
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def extract_answer(completion: str) -> str:
-    """The final answer in a completion (see the module docstring for the order); ``""`` if there is none."""
+    """The final answer in a completion for the lenient checker (see the module docstring); ``""`` if there is none."""
     if not isinstance(completion, str) or not completion.strip():
         return ""
     text = completion.strip()
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()[:MAX_ANSWER_CHARS]
+    if _BOXED_OPEN in text:
+        boxed = last_boxed(text)
+        return "" if boxed is None else boxed[:MAX_ANSWER_CHARS]  # a truncated last box is not an answer
+    if "<think>" in text and "</think>" not in text:
+        return ""  # reasoning that never finished: nothing in it is an answer
     tags = _ANSWER_TAG_RE.findall(text)
     if tags and tags[-1].strip():
         return tags[-1].strip()[:MAX_ANSWER_CHARS]
@@ -310,9 +394,7 @@ def check_answer(
         if pred is None or gold is None:
             return False
         pred, gold = str(pred).strip(), str(gold).strip()
-        inner = last_boxed(gold)
-        if inner is not None and gold.startswith(("\\boxed", "\\fbox")):
-            gold = inner.strip()
+        gold = unwrap_boxed(gold)
         if not pred or not gold:
             return False
         choices = [str(c) for c in choices] if choices else None

@@ -1,21 +1,27 @@
-r"""Benchmark adapters: each public benchmark's own column schema -> one :class:`BenchmarkRecord`.
+r"""Benchmark adapters: each public benchmark's own column schema -> the rows the paper's protocol evaluates -> one
+:class:`BenchmarkRecord` each.
 
-Data is read from local files the user downloaded (parquet, jsonl/json, a ``save_to_disk`` folder, or a folder holding
-one of those plus its images); nothing is fetched from the Hugging Face Hub. Images may be stored inline (the
+Data is read from local files the user downloaded (parquet, jsonl/json, a ``save_to_disk`` folder, or a Hub-style
+folder holding those plus its images); nothing is fetched from the Hugging Face Hub. Images may be stored inline (the
 ``datasets`` Image struct ``{"bytes", "path"}``) or as paths relative to the data file's folder.
 
-The schemas below were looked up in the datasets' cards (``dataset_info`` in the README front matter) and in public
-evaluation code that reads them (lmms-eval, VLMEvalKit, EasyR1/VPPO/PAPO evaluation scripts); the source of each is in
-its adapter's docstring. Required columns are checked per row: a missing one, or an image that does not decode, raises
-``ValueError`` naming the benchmark and the row index.
+Every adapter is one :class:`BenchmarkSpec`: the Hub dataset, its evaluation split(s), the columns it needs, which
+rows the protocol keeps (``select``; the PGPO paper follows PAPO-Eval / VPPO, see ``docs/eval.md``), how many rows
+that is on the public data (``expected_rows``, checked on load: a mismatch is logged as a warning naming both numbers)
+and the converter to a record. Required columns are checked per row: a missing one, or an image that does not decode,
+raises ``ValueError`` naming the benchmark, the row index and the column.
 
-Prompts: the adapter's ``question`` is the problem text with its options written out when the benchmark keeps them in a
-separate column (MathVision, MathVista, We-Math); ``<image>`` placeholders are removed later by the prompt template
+:data:`TABLE1_BENCHMARKS` are the eight columns of the paper's Table 1 in its order (``--benchmark all``).
+
+Prompts: the adapter's ``question`` is the problem text with its options written out when the benchmark keeps them in
+a separate column (MathVision, MathVista, We-Math); ``<image>`` placeholders are removed later by the prompt template
 (:func:`pgpo.data.format_prompt`).
 """
 
 from __future__ import annotations
 
+import ast
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +30,11 @@ from typing import Any
 
 from PIL import Image
 
-from pgpo.data import image_source, open_image, read_rows
+from pgpo.data import image_source, open_image, read_rows, split_names
 
 MULTIPLE_CHOICE, FREE_FORM, FLOAT = "multiple_choice", "free_form", "float"
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+logger = logging.getLogger(__name__)
 _CHOICE_LINE_RE = re.compile(r"^\s*\(?([A-H])\)?\s*[.:：、)]\s*(.+?)\s*$")
 
 
@@ -51,15 +58,23 @@ class BenchmarkRecord:
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """How to read one benchmark: its required columns, image columns, default splits and row converter."""
+    """How to read one benchmark: required columns, image columns, default splits, row selection and converter."""
 
     name: str
+    title: str  # the column header of Table 1
     hf_id: str
     source: str  # where the schema was found
     required: tuple[str, ...]
     image_columns: tuple[str, ...]  # first non-empty one wins
     preferred_splits: tuple[str, ...]  # regular expressions, tried in order on a DatasetDict's split names
     convert: Callable[[Mapping[str, Any]], dict[str, Any]]
+    select: Callable[[Mapping[str, Any]], bool] | None = None  # rows the protocol keeps (None: all)
+    expected_rows: int | None = None  # rows selected from ONE default split of the public data
+    selection: str = "all rows"  # the selection in words (logged, documented)
+    subfolder: str | None = None  # a Hub-repo subfolder holding this config (MMMU-Pro: ``vision``)
+    split_aliases: Callable[[str], list[str]] | None = (
+        None  # other names of a split (DynaMath: sample3 = sample_variant3)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -101,6 +116,22 @@ def render_choices(question: str, choices: Sequence[str] | None) -> str:
         return question
     lines = [f"({_LETTERS[i]}) {c}" for i, c in enumerate(choices)]
     return question.rstrip() + "\nChoices:\n" + "\n".join(lines)
+
+
+def parse_options(value: Any) -> list[str] | None:
+    """An options cell as a list: a list already, or a Python/JSON list literal string (``"['1', '2']"``), or None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+    return [str(v) for v in parsed] if isinstance(parsed, (list, tuple)) else None
 
 
 def _text(value: Any) -> str:
@@ -290,84 +321,192 @@ def _mmk12(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+MMMU_PRO_VISION_QUESTION = (
+    "Answer the multiple-choice question shown in the image with the letter of the correct option."
+)
+"""The question text for MMMU-Pro's ``vision`` config, whose question and options are only in the screenshot. The
+paper and PAPO-Eval do not publish theirs ([choice], ``docs/eval.md``); the paper's instruction is appended after it."""
+
+
+def _mmmu_pro(row: Mapping[str, Any]) -> dict[str, Any]:
+    """MMMU/MMMU_Pro, config ``vision``, split ``test`` (1,730 rows; folder ``vision/`` of the Hub repository).
+
+    Columns (dataset card ``dataset_info``, https://huggingface.co/datasets/MMMU/MMMU_Pro, config ``vision``):
+    ``id``, ``image`` (one screenshot holding the question AND its options), ``options`` (the option texts, a list or
+    its string literal; used for grading only -- the model sees only the screenshot), ``answer`` (a letter A-J),
+    ``subject``. The text prompt is :data:`MMMU_PRO_VISION_QUESTION`.
+    """
+    options = parse_options(row.get("options"))
+    return {
+        "id": _text(row["id"]),
+        "question": MMMU_PRO_VISION_QUESTION,
+        "answer": _text(row["answer"]),
+        "choices": options,
+        "answer_type": MULTIPLE_CHOICE,
+        "extra": {k: _text(row.get(k)) for k in ("subject",) if k in row},
+    }
+
+
+MATHVERSE_VISION_VERSIONS = ("Vision Intensive", "Vision Dominant", "Vision Only")
+"""MathVerse's vision-heavy problem versions: MathVerse_V is their multi-choice problems (PAPO's
+``AI4Math_MathVerse_vision_dependent``)."""
+
+
+def _mathverse_multi_choice(row: Mapping[str, Any]) -> bool:
+    return _text(row.get("question_type")).lower() == "multi-choice"
+
+
+def _mathverse_v(row: Mapping[str, Any]) -> bool:
+    return _mathverse_multi_choice(row) and _text(row.get("problem_version")) in MATHVERSE_VISION_VERSIONS
+
+
+def _dynamath_split_aliases(split: str) -> list[str]:
+    """``sample_variant3`` <-> ``sample3``: the Hub's split names and its parquet file names (``data/sample3-*``)."""
+    m = re.fullmatch(r"sample(?:_variant)?(\d+)", split)
+    return [f"sample_variant{m.group(1)}", f"sample{m.group(1)}"] if m else [split]
+
+
+_MATHVERSE_SOURCE = "https://huggingface.co/datasets/AI4Math/MathVerse"
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
         BenchmarkSpec(
-            "mathverse",
-            "AI4Math/MathVerse",
-            "https://huggingface.co/datasets/AI4Math/MathVerse",
-            ("sample_index", "question", "answer", "question_type"),
-            ("image",),
-            ("testmini",),
-            _mathverse,
-        ),
-        BenchmarkSpec(
-            "mathvision",
-            "MathLLMs/MathVision",
-            "https://huggingface.co/datasets/MathLLMs/MathVision",
-            ("id", "question", "options", "answer"),
-            ("decoded_image", "image"),
-            ("test", "testmini"),
-            _mathvision,
-        ),
-        BenchmarkSpec(
-            "mathvista",
-            "AI4Math/MathVista",
-            "https://huggingface.co/datasets/AI4Math/MathVista",
-            ("pid", "question", "choices", "answer", "question_type"),
-            ("decoded_image", "image"),
-            ("testmini",),
-            _mathvista,
-        ),
-        BenchmarkSpec(
-            "wemath",
-            "We-Math/We-Math",
-            "https://huggingface.co/datasets/We-Math/We-Math",
-            ("ID", "question", "option", "answer"),
-            ("image_path", "image"),
-            ("testmini",),
-            _wemath,
-        ),
-        BenchmarkSpec(
-            "logicvista",
-            "lscpku/LogicVista",
-            "https://huggingface.co/datasets/lscpku/LogicVista",
-            ("question", "answer"),
-            ("image",),
-            ("test",),
-            _logicvista,
-        ),
-        BenchmarkSpec(
-            "dynamath",
-            "DynaMath/DynaMath_Sample",
-            "https://huggingface.co/datasets/DynaMath/DynaMath_Sample",
-            ("id", "question", "ground_truth", "answer_type"),
-            ("decoded_image", "image"),
-            (r"sample_variant\d+", r"sample\d+"),
-            _dynamath,
-        ),
-        BenchmarkSpec(
             "geo3k",
+            "Geo3k",
             "hiyouga/geometry3k",
             "https://huggingface.co/datasets/hiyouga/geometry3k",
             ("problem", "answer"),
             ("images", "image"),
             ("test",),
             _geo3k,
+            expected_rows=601,
+            selection="test split",
         ),
         BenchmarkSpec(
             "mmk12",
+            "MMK12",
             "FanqingM/MMK12",
             "https://huggingface.co/datasets/FanqingM/MMK12",
             ("question", "answer"),
             ("image", "images"),
             ("test",),
             _mmk12,
+            expected_rows=2000,
+            selection="test split",
+        ),
+        BenchmarkSpec(
+            "mathverse",
+            "MathVerse",
+            "AI4Math/MathVerse",
+            _MATHVERSE_SOURCE,
+            ("sample_index", "question", "answer", "question_type"),
+            ("image",),
+            ("testmini",),
+            _mathverse,
+            select=_mathverse_multi_choice,
+            expected_rows=2180,
+            selection="testmini, multi-choice problems only (question_type == 'multi-choice'), of 3,940 rows",
+        ),
+        BenchmarkSpec(
+            "dynamath",
+            "DynaMath",
+            "DynaMath/DynaMath_Sample",
+            "https://huggingface.co/datasets/DynaMath/DynaMath_Sample",
+            ("id", "question", "ground_truth", "answer_type"),
+            ("decoded_image", "image"),
+            (r"sample_variant1", r"sample1"),
+            _dynamath,
+            expected_rows=501,
+            selection="split sample_variant1 (Hub files data/sample1-*.parquet)",
+            split_aliases=_dynamath_split_aliases,
+        ),
+        BenchmarkSpec(
+            "mathvision",
+            "MathVision",
+            "MathLLMs/MathVision",
+            "https://huggingface.co/datasets/MathLLMs/MathVision",
+            ("id", "question", "options", "answer"),
+            ("decoded_image", "image"),
+            ("test",),
+            _mathvision,
+            expected_rows=3040,
+            selection="full test split",
+        ),
+        BenchmarkSpec(
+            "logicvista",
+            "LogicVista",
+            "lscpku/LogicVista",
+            "https://huggingface.co/datasets/lscpku/LogicVista",
+            ("question", "answer"),
+            ("image",),
+            ("test",),
+            _logicvista,
+            expected_rows=448,
+            selection="test split",
+        ),
+        BenchmarkSpec(
+            "mmmu_pro",
+            "MMMU-Pro",
+            "MMMU/MMMU_Pro",
+            "https://huggingface.co/datasets/MMMU/MMMU_Pro",
+            ("id", "options", "answer"),
+            ("image",),
+            ("test",),
+            _mmmu_pro,
+            expected_rows=1730,
+            selection="config vision, test split",
+            subfolder="vision",
+        ),
+        BenchmarkSpec(
+            "mathverse_v",
+            "MathVerse_V",
+            "AI4Math/MathVerse",
+            _MATHVERSE_SOURCE,
+            ("sample_index", "question", "answer", "question_type", "problem_version"),
+            ("image",),
+            ("testmini",),
+            _mathverse,
+            select=_mathverse_v,
+            expected_rows=1308,
+            selection="testmini, multi-choice problems of the Vision Intensive / Vision Dominant / Vision Only versions",
+        ),
+        BenchmarkSpec(
+            "mathvista",
+            "MathVista",
+            "AI4Math/MathVista",
+            "https://huggingface.co/datasets/AI4Math/MathVista",
+            ("pid", "question", "choices", "answer", "question_type"),
+            ("decoded_image", "image"),
+            ("testmini",),
+            _mathvista,
+            expected_rows=1000,
+            selection="testmini split (not a Table 1 column)",
+        ),
+        BenchmarkSpec(
+            "wemath",
+            "We-Math",
+            "We-Math/We-Math",
+            "https://huggingface.co/datasets/We-Math/We-Math",
+            ("ID", "question", "option", "answer"),
+            ("image_path", "image"),
+            ("testmini",),
+            _wemath,
+            expected_rows=1740,
+            selection="testmini split (not a Table 1 column)",
         ),
     )
 }
-ALIASES = {"geometry3k": "geo3k", "we-math": "wemath", "math-vision": "mathvision", "mathv": "mathvision"}
+TABLE1_BENCHMARKS = ("geo3k", "mmk12", "mathverse", "dynamath", "mathvision", "logicvista", "mmmu_pro", "mathverse_v")
+"""The eight columns of the paper's Table 1, in its order (``--benchmark all``)."""
+ALIASES = {
+    "geometry3k": "geo3k",
+    "we-math": "wemath",
+    "math-vision": "mathvision",
+    "mathv": "mathvision",
+    "mmmu-pro": "mmmu_pro",
+    "mmmupro": "mmmu_pro",
+    "mathverse-v": "mathverse_v",
+}
 
 
 def get_spec(name: str) -> BenchmarkSpec:
@@ -375,8 +514,21 @@ def get_spec(name: str) -> BenchmarkSpec:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} (or 'all' for Table 1's eight)")
     return BENCHMARKS[key]
+
+
+def expand_benchmarks(names: Sequence[str]) -> list[str]:
+    """Canonical names, in order, ``all`` expanded to :data:`TABLE1_BENCHMARKS`; comma-separated entries allowed."""
+    out: list[str] = []
+    for entry in names:
+        for name in (n for n in str(entry).split(",") if n.strip()):
+            for key in TABLE1_BENCHMARKS if name.strip().lower() == "all" else (get_spec(name).name,):
+                if key not in out:
+                    out.append(key)
+    if not out:
+        raise ValueError("no benchmark given (use --benchmark NAME or --benchmark all)")
+    return out
 
 
 def _row_images(row: Mapping[str, Any], columns: Sequence[str]) -> list[Any] | None:
@@ -388,6 +540,28 @@ def _row_images(row: Mapping[str, Any], columns: Sequence[str]) -> list[Any] | N
     return None
 
 
+def _data_path(spec: BenchmarkSpec, path: Path) -> Path:
+    """The folder of the benchmark's config inside a downloaded Hub repository (MMMU-Pro's ``vision/``), else ``path``."""
+    if spec.subfolder and path.is_dir() and (path / spec.subfolder).is_dir():
+        return path / spec.subfolder
+    return path
+
+
+def _resolve_split(spec: BenchmarkSpec, path: Path, split: str | None) -> str | None:
+    """``split`` with each comma-separated name replaced by the alias present in the data (DynaMath ``sampleN``)."""
+    if split is None or spec.split_aliases is None:
+        return split
+    present = split_names(path)
+    out = []
+    for name in (s for s in split.split(",") if s):
+        out.append(next((a for a in spec.split_aliases(name) if a in present), name))
+    return ",".join(out)
+
+
+def _canonical_split(spec: BenchmarkSpec, split: str) -> str:
+    return spec.split_aliases(split)[0] if spec.split_aliases else split
+
+
 def load_benchmark(
     name: str,
     path: str | Path,
@@ -395,18 +569,18 @@ def load_benchmark(
     limit: int | None = None,
     check_images: bool = True,
 ) -> list[BenchmarkRecord]:
-    """Read benchmark ``name`` from local ``path`` into :class:`BenchmarkRecord` s (first ``limit`` rows).
+    """Read benchmark ``name`` from local ``path``: the rows the protocol selects, as :class:`BenchmarkRecord` s.
 
-    ``split`` picks a split of a ``save_to_disk`` DatasetDict (comma-separated for several); by default the
-    benchmark's usual evaluation split. ``check_images`` decodes every image once so that a broken one fails now,
-    naming its row. Ids missing in the data become the row index; duplicated ids get ``#<row>`` appended.
+    ``split`` picks split(s) of a DatasetDict / Hub folder (comma-separated for several); by default the benchmark's
+    evaluation split. The protocol's row selection (``spec.select``) is applied, then ``limit`` keeps the first rows.
+    Without a ``limit``, the number of selected rows is compared with ``spec.expected_rows`` (times the number of
+    splits) and a mismatch is logged as a warning. ``check_images`` decodes every image once so that a broken one
+    fails now, naming its row. Ids missing in the data become the row index; duplicated ids get ``#<row>`` appended;
+    with several splits the ids are ``<split>/<id>``.
     """
     spec = get_spec(name)
-    rows, base = read_rows(path, split=split, preferred_splits=spec.preferred_splits)
-    if limit is not None:
-        rows = rows[: max(0, int(limit))]
-    records: list[BenchmarkRecord] = []
-    seen: set[str] = set()
+    path = _data_path(spec, Path(path).expanduser())
+    rows, base = read_rows(path, split=_resolve_split(spec, path, split), preferred_splits=spec.preferred_splits)
     for i, row in enumerate(rows):
         missing = [c for c in spec.required if c not in row]
         if not any(c in row for c in spec.image_columns):
@@ -416,7 +590,31 @@ def load_benchmark(
                 f"{spec.name} row {i}: missing column(s) {missing} (expected the {spec.hf_id} schema); "
                 f"columns present: {sorted(k for k in row if not k.startswith('__'))}"
             )
-        fields = spec.convert(row)
+    indexed = [(i, row) for i, row in enumerate(rows) if spec.select is None or spec.select(row)]
+    splits_read = sorted({_canonical_split(spec, row["__split__"]) for row in rows if "__split__" in row})
+    n_splits = len(splits_read) or 1
+    if limit is None and spec.expected_rows is not None and len(indexed) != spec.expected_rows * n_splits:
+        read = f"splits {', '.join(splits_read)}" if splits_read else f"split {split}" if split else spec.selection
+        logger.warning(
+            "%s: expected %s rows (%s of the public %s data, %s per split) but found %d in %s "
+            "(a subset, another revision or the wrong split?)",
+            spec.name,
+            f"{spec.expected_rows * n_splits:,}",
+            read,
+            spec.hf_id,
+            f"{spec.expected_rows:,}",
+            len(indexed),
+            path,
+        )
+    if limit is not None:
+        indexed = indexed[: max(0, int(limit))]
+    records: list[BenchmarkRecord] = []
+    seen: set[str] = set()
+    for i, row in indexed:
+        try:
+            fields = spec.convert(row)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{spec.name} row {i}: cannot read the row ({type(err).__name__}: {err})") from err
         values = _row_images(row, spec.image_columns)
         if not values:
             raise ValueError(f"{spec.name} row {i}: no image in column(s) {list(spec.image_columns)}")
@@ -431,7 +629,7 @@ def load_benchmark(
             sources.append(source)
         rid = fields["id"] or str(i)
         if "__split__" in row:
-            rid = f"{row['__split__']}/{rid}"
+            rid = f"{_canonical_split(spec, row['__split__'])}/{rid}"
         if rid in seen:
             rid = f"{rid}#{i}"
         seen.add(rid)
