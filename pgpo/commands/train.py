@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from pgpo.config import ALGORITHM_PRESETS, ALGORITHMS, PGPOConfig
+from pgpo.config import ALGORITHM_PRESETS, ALGORITHMS, PRESET_REWARDS, PGPOConfig
 
 
 @dataclass
@@ -114,33 +114,58 @@ def _flatten_peft(config_path: str) -> str:
     return out.name
 
 
-def _preprocess(argv: list[str]) -> list[str]:
-    """Flatten a ``peft:`` section and turn ``--algorithm X`` (CLI or YAML) into preset defaults placed before the
-    user's own options (so explicit options still win)."""
+def _flag_values(value) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+def preset_arguments(algorithm: str, given: set[str]) -> list[str]:
+    """The preset of ``algorithm`` as command-line options, leaving out every key in ``given`` (the user's own,
+    from flags or the YAML). The preset's reward functions come with its ``reward_weights``: a user who names their
+    own reward functions does not get the preset's weights."""
+    if algorithm not in ALGORITHM_PRESETS:
+        raise SystemExit(f"pgpo train: --algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    preset = dict(ALGORITHM_PRESETS[algorithm])
+    if "reward_funcs" in given:
+        preset.pop("reward_weights", None)
+    else:
+        preset["reward_funcs"] = PRESET_REWARDS[algorithm]
+    out = []
+    for key, value in preset.items():
+        if key not in given:
+            out += [f"--{key}", *_flag_values(value)]
+    return out
+
+
+def _preprocess(argv: list[str]) -> tuple[list[str], str | None]:
+    """Flatten a ``peft:`` section and turn ``--algorithm X`` (CLI or YAML) into preset options placed before the
+    user's own (so explicit options still win). Returns the arguments and the algorithm."""
     import yaml
 
     argv = list(argv)
     algorithm = None
+    cfg = {}
     if "--config" in argv:
         i = argv.index("--config") + 1
         argv[i] = _flatten_peft(argv[i])
         with open(argv[i]) as f:
             cfg = yaml.safe_load(f) or {}
         algorithm = cfg.get("algorithm")
-    else:
-        cfg = {}
     if "--algorithm" in argv:
         algorithm = argv[argv.index("--algorithm") + 1]
     if algorithm is None:
-        return argv
-    if algorithm not in ALGORITHM_PRESETS:
-        raise SystemExit(f"pgpo train: --algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    preset = []
-    for key, value in ALGORITHM_PRESETS[algorithm].items():
-        if f"--{key}" in argv or key in cfg:
-            continue
-        preset += [f"--{key}", str(value)]
-    return preset + argv
+        return argv, None
+    given = set(cfg) | {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return preset_arguments(algorithm, given) + argv, algorithm
+
+
+def print_resolved(algorithm: str | None, script_args, training_args, out=print) -> None:
+    """What the run will do, at start: the algorithm's preset keys with their resolved values (a user must see what
+    ``--algorithm pgpo`` set) and the rewards."""
+    keys = list(ALGORITHM_PRESETS.get(algorithm, {})) or ["advantage_shaping", "loss_type", "dynamic_sampling"]
+    lines = [f"pgpo train: algorithm={algorithm or '(none: PGPOConfig defaults + your options)'}"]
+    lines += [f"  {k} = {getattr(training_args, k)!r}" for k in keys]
+    lines.append(f"  reward_funcs = {script_args.reward_funcs!r}, reward_weights = {training_args.reward_weights!r}")
+    out("\n".join(lines))
 
 
 def make_parser():
@@ -197,7 +222,10 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         parser.parse_args_and_config(["--help"])
         return 0
-    script_args, training_args, model_args = parser.parse_args_and_config(_preprocess(argv))
+    argv, algorithm = _preprocess(argv)
+    script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    if training_args.process_index == 0:
+        print_resolved(algorithm, script_args, training_args)
     trainer = build_trainer(script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)

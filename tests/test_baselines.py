@@ -1,0 +1,170 @@
+"""The baselines as their own code does them: VPPO's patch blackout, PAPO's mask and loss terms (hand computations),
+their reduction to DAPO, and DAPO's dynamic sampling inside the trainer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+from test_trainer import _final_params, _max_diff, colour_dataset, make_trainer
+
+from pgpo.loss_terms import LOSS_TERMS, LossContext, get_loss_term, register_loss_term
+from pgpo.loss_terms.papo import perception_kl
+from pgpo.text_only import black_pixel, blacken_image, blacken_patches
+
+
+@pytest.fixture(scope="module")
+def qwen_image_processor():
+    from pgpo.models.tiny_qwen import build_tiny_qwen25vl_processor
+
+    return build_tiny_qwen25vl_processor().image_processor
+
+
+def test_patch_blackout_fraction_is_the_probability():
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(20_000, 12)
+    out = blacken_patches(rows, 0.5, torch.tensor([-1.0, -2.0, -3.0]), gen)
+    hit = (out == torch.tensor([-1.0] * 4 + [-2.0] * 4 + [-3.0] * 4)).all(1)
+    assert abs(hit.double().mean().item() - 0.5) < 0.02
+    assert torch.equal(out[~hit], rows[~hit])  # the other patches are untouched
+    images = torch.randn(40, 3, 56, 56)
+    out = blacken_patches(images, 0.5, torch.zeros(3), torch.Generator().manual_seed(1))
+    cells = (out == 0).all(1).view(40, 4, 14, 4, 14).all(4).all(2)  # 14-px cells that are entirely black
+    assert abs(cells.double().mean().item() - 0.5) < 0.05
+    partial = blacken_patches(torch.randn(1, 3, 20, 20), 1.0, torch.zeros(3), torch.Generator())
+    assert (partial == 0).all()  # the partial cells at the right and bottom edges are cells too
+
+
+def test_blackened_qwen_patches_are_exactly_a_black_image_after_the_processors_normalisation(qwen_image_processor):
+    """A row of Qwen's pixel_values is one 14-px patch: blackening it equals processing an image black there."""
+    proc = qwen_image_processor
+    image = Image.fromarray((torch.rand(56, 56, 3) * 255).to(torch.uint8).numpy())
+    clean = proc(images=[image], return_tensors="pt")["pixel_values"]
+    black_image = image.copy()
+    black_image.paste((0, 0, 0), (0, 0, 14, 14))  # the top-left 14-px cell
+    reference = proc(images=[black_image], return_tensors="pt")["pixel_values"]
+    changed = (reference != clean).any(1)
+    assert changed.sum() == 1  # aligned: exactly one row (patch) holds that cell
+    row = int(changed.nonzero()[0])
+    black = black_pixel(proc)
+    every = blacken_patches(clean, 1.0, black, torch.Generator())
+    torch.testing.assert_close(every[row], reference[row], atol=1e-5, rtol=0)
+    torch.testing.assert_close(black.float(), torch.tensor([-1.7923, -1.7521, -1.4802]), atol=1e-4, rtol=0)
+
+
+def test_papo_mask_on_the_raw_image_one_mask_per_prompt():
+    image = Image.new("RGB", (70, 42), (200, 100, 50))
+    masked = blacken_image(image, 0.6, torch.Generator().manual_seed(5))
+    assert masked.size == image.size
+    pixels = torch.from_numpy(np.asarray(masked)).long()
+    cells = (pixels == 0).all(-1).view(3, 14, 5, 14).all(3).all(1)
+    assert 0 < cells.sum() < 15  # 15 cells of 14 px, each black with probability 0.6
+    again = blacken_image(image, 0.6, torch.Generator().manual_seed(5))
+    assert list(again.getdata()) == list(
+        masked.getdata()
+    )  # the same generator -> the same mask (a prompt's G rollouts)
+    many = [
+        blacken_image(Image.new("RGB", (140, 140), "white"), 0.6, torch.Generator().manual_seed(s)) for s in range(40)
+    ]
+    frac = float(np.mean([(np.asarray(m) == 0).all(-1).mean() for m in many]))
+    assert abs(frac - 0.6) < 0.03
+
+
+def _ctx(logps, masked, mask, accumulation=1.0):
+    return LossContext(logps=logps, mask=mask, inputs={"masked_image_logps": masked}, accumulation=accumulation)
+
+
+def test_papo_and_entropy_terms_by_hand():
+    logps = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, 0.0]], requires_grad=True)
+    masked = torch.tensor([[-1.5, -2.0, -30.0], [-1.0, -4.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # d = masked - logps = [[-.5, 0, -29.5 -> -20], [2, -3, .]]; k = e^d - d - 1, clamped to 10
+    d = [-0.5, 0.0, -20.0, 2.0, -3.0]
+    k = [min(math.exp(x) - x - 1, 10.0) for x in d]
+    kl = sum(k) / 5
+    term, metrics = get_loss_term("papo_perception").fn(_ctx(logps, masked, mask, accumulation=2.0), 0.01)
+    assert term.item() == pytest.approx(-0.01 * kl / 2) and metrics["perception_kl"] == pytest.approx(kl)
+    term.backward()
+    assert logps.grad is not None and logps.grad[1, 2] == 0  # padding gets no gradient
+    entropy, m = get_loss_term("entropy_penalty").fn(_ctx(logps, masked, mask), 0.06)
+    assert entropy.item() == pytest.approx(0.06 * (1 + 2 + 0.5 + 3 + 1) / 5) and m["sampled_entropy"] == pytest.approx(
+        1.5
+    )
+    masked_entropy, _ = get_loss_term("papo_masked_entropy").fn(_ctx(logps, masked, mask), 0.03)
+    assert masked_entropy.item() == pytest.approx(0.03 * (1.5 + 2 + 30 + 1 + 4) / 5)
+    assert not masked_entropy.requires_grad  # PAPO's masked-side entropy carries no gradient (PAPO issue #20)
+    assert perception_kl(torch.zeros(1, 1), torch.full((1, 1), 50.0)).item() == 10.0  # both clamps
+
+
+def test_loss_term_registry():
+    assert {"entropy_penalty", "papo_perception", "papo_masked_entropy"} <= set(LOSS_TERMS)
+    assert get_loss_term("papo_perception").needs == ("masked_image_logps",)
+    with pytest.raises(ValueError, match="unknown loss term 'kl_bonus'"):
+        get_loss_term("kl_bonus")
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss_term("entropy_penalty", config=lambda a: 0.0)(lambda ctx, cfg: None)
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+
+
+def test_vppo_with_p_1_and_m_1_and_papo_with_coefficient_0_equal_dapo(tmp_path):
+    dapo = make_trainer(tmp_path / "dapo", "dapo")
+    dapo.train()
+    vppo = make_trainer(
+        tmp_path / "vppo", "vppo", vppo_top_p_tokens=1.0, vppo_advantage_scaling_min=1.0, entropy_penalty_coef=0.0
+    )
+    vppo.train()
+    papo = make_trainer(
+        tmp_path / "papo", "papo", papo_coef=0.0, entropy_penalty_coef=0.0, papo_masked_entropy_coef=0.0
+    )
+    papo.train()
+    a = _final_params(dapo)
+    assert _max_diff(a, _final_params(vppo)) < 1e-6
+    assert _max_diff(a, _final_params(papo)) < 1e-6
+    logs = [h for h in papo.state.log_history if "loss" in h]
+    assert all(math.isfinite(h["loss_terms/perception_kl"]) and h["loss_terms/perception_kl"] >= 0 for h in logs)
+    papo_on = make_trainer(tmp_path / "papo_on", "papo")  # PAPO's own coefficients: a different update
+    papo_on.train()
+    assert _max_diff(a, _final_params(papo_on)) > 1e-7
+
+
+def _kinds_dataset(kinds):
+    base = colour_dataset(len(kinds))
+    return Dataset.from_dict({"prompt": list(base["prompt"]), "image": list(base["image"]), "kind": kinds})
+
+
+def known_groups_reward(completions, kind, **kwargs):
+    """zero / one: every rollout gets 0 / 1 (no spread: dropped); mixed: 1 for the first rollout of its group."""
+    return [1.0 if k == "one" else float(k == "mixed" and i % 4 == 0) for i, k in enumerate(kind)]
+
+
+def test_dapo_trains_only_on_mixed_groups_and_refills(tmp_path, monkeypatch):
+    from pgpo.trainer import PGPOTrainer
+
+    seen = []
+    original = PGPOTrainer._dynamic_sample
+
+    def spy(self, inputs):
+        output, rows = original(self, inputs)
+        seen.append((rows, output))
+        return output, rows
+
+    monkeypatch.setattr(PGPOTrainer, "_dynamic_sample", spy)
+    kinds = ["zero", "one", "mixed", "zero", "one", "mixed", "one", "zero"]
+    trainer = make_trainer(tmp_path, "dapo", per_device_train_batch_size=8, max_steps=2)
+    trainer.train_dataset = _kinds_dataset(kinds)
+    trainer.reward_funcs = [known_groups_reward]
+    trainer.reward_func_names = ["known_groups_reward"]
+    trainer._sampler = trainer._build_sampler()
+    trainer.train()
+    assert len(seen) == 2
+    for rows, output in seen:
+        assert [r["kind"] for r in rows] == ["mixed"] * 8  # full: two mixed groups, nothing else
+        assert output["completion_ids"].shape[0] == 8 and (output["advantages"] != 0).any()
+        assert output["num_items_in_batch"].item() == output["completion_mask"].sum().item()
+    logs = [h for h in trainer.state.log_history if "dynamic_sampling/rounds" in h]
+    assert all(h["dynamic_sampling/rounds"] > 1 and h["dynamic_sampling/kept_frac"] < 1 for h in logs)
+    assert all(h["dynamic_sampling/filled_frac"] == 0 for h in logs)
