@@ -65,7 +65,18 @@ def test_accelerate_two_cpu_processes(tiny_dir, tmp_path):
         "29533",
         "-m",
         "pgpo.cli",
-        *train_cmd(tiny_dir, tmp_path / "ddp", "--max_steps", "2", "--per_device_train_batch_size", "2")[1:],
+        *train_cmd(
+            tiny_dir,
+            tmp_path / "ddp",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",  # one whole group per process: dynamic sampling keeps or drops it there
+            "--reward_funcs",
+            "tests.fixtures.ds_rewards.spread_by_prompt",
+            "--max_sampling_rounds",
+            "6",
+        )[1:],
     ]
     # two processes on two cores: one thread each, or OpenMP's spinning threads oversubscribe the CPU badly
     env = {**ENV, "OMP_NUM_THREADS": "1"}
@@ -74,3 +85,6 @@ def test_accelerate_two_cpu_processes(tiny_dir, tmp_path):
     assert "gloo" in proc.stderr or "MULTI_CPU" in proc.stderr or (tmp_path / "ddp" / "model.safetensors").exists()
     logs = history(tmp_path / "ddp" / "checkpoint-2")
     assert sorted(logs) == [1, 2] and all("shaping/gated_frac" in h for h in logs.values())
+    # dynamic sampling ran its rounds in both processes (collectives in step) and kept groups with spread
+    assert all(h["dynamic_sampling/rounds"] >= 1 and 0 < h["dynamic_sampling/kept_frac"] <= 1 for h in logs.values())
+    assert "algorithm=pgpo" in proc.stdout and "dynamic_sampling = True" in proc.stdout  # the resolved preset

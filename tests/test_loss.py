@@ -1,13 +1,13 @@
-"""pgpo.loss against TRL's own GRPOTrainer._compute_loss (TRL 1.16, called with a stub trainer)."""
+"""The reference GRPO-family loss (tests/reference/grpo_loss.py, written from the papers) against TRL's own
+``GRPOTrainer._compute_loss`` (TRL 1.16, called with a stub trainer): the loss PGPO's per-token advantages go into."""
 
 from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 import torch
+from reference.grpo_loss import policy_loss
 from trl import GRPOTrainer
-
-from pgpo.loss import policy_loss
 
 
 class _Acc:

@@ -1,4 +1,7 @@
-"""The clipped policy-gradient loss with per-token advantages (GRPO family).
+"""Test oracle: the clipped policy-gradient loss with per-token advantages (GRPO family), written from the papers.
+
+Not library code: PGPOTrainer uses TRL's own ``_compute_loss``; tests/test_loss.py checks that TRL's loss equals this
+reference, so that PGPO's ``[B, T]`` advantages enter the loss the papers define.
 
 Per token: ``rho = exp(logp - logp_old)``,
 ``l_t = -min(rho * A_t, clip(rho, 1 - eps_low, 1 + eps_high) * A_t) + beta * k3(pi || pi_ref)`` with
