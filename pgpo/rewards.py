@@ -9,7 +9,7 @@ r"""TRL reward functions for RLVR on multimodal math: the paper's reward and pgp
   :func:`format_reward` (exactly one leading think block, then a balanced box).
 
 ``pgpo train --reward_funcs`` names them (``paper``, ``paper_accuracy``, ``paper_format``, ``accuracy``, ``format``:
-``pgpo.commands.train.REWARDS``). All follow TRL's reward-function contract
+``REWARD_FUNCTIONS``). All follow TRL's reward-function contract
 (``GRPOTrainer(reward_funcs=[paper_reward])``): they get the batch's ``completions`` plus every other dataset column
 as keyword lists, and return one float per completion.
 A completion may be conversational (``[{"role": "assistant", "content": "..."}]``, where ``content`` may also be a
@@ -19,7 +19,10 @@ scores 0.0.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,3 +167,28 @@ def paper_reward(completions: list[Any], answer: list[str] | None = None, **kwar
     acc = paper_accuracy_reward(completions, answer)
     fmt = paper_format_reward(completions)
     return [(1 - PAPER_FORMAT_WEIGHT) * a + PAPER_FORMAT_WEIGHT * f for a, f in zip(acc, fmt)]
+
+
+REWARD_FUNCTIONS = {  # name -> import path: the names `pgpo train --reward_funcs` and the presets use
+    "paper": "pgpo.rewards.paper_reward",
+    "paper_accuracy": "pgpo.rewards.paper_accuracy_reward",
+    "paper_format": "pgpo.rewards.paper_format_reward",
+    "accuracy": "pgpo.rewards.accuracy_reward",
+    "format": "pgpo.rewards.format_reward",
+    "tasks": "pgpo.tasks.correctness_reward",
+}
+
+
+def reward_functions(names: list[str]):
+    """Reward functions by short name (:data:`REWARD_FUNCTIONS`) or dotted import path (``module.function``)."""
+    funcs = []
+    for name in names:
+        path = REWARD_FUNCTIONS.get(name, name)
+        if "." not in path:
+            raise ValueError(
+                f"unknown reward function {name!r}: use one of {sorted(REWARD_FUNCTIONS)} or module.function"
+            )
+        module, attr = path.rsplit(".", 1)
+        sys.path.insert(0, os.getcwd())
+        funcs.append(getattr(importlib.import_module(module), attr))
+    return funcs

@@ -410,7 +410,7 @@ def test_paper_reward_weights_accuracy_and_format():
 
 
 def test_paper_rewards_are_registered_by_name():
-    from pgpo.commands.train import REWARDS, reward_functions
+    from pgpo.rewards import REWARD_FUNCTIONS, reward_functions
 
     assert reward_functions(["paper", "paper_accuracy", "paper_format", "accuracy", "format"]) == [
         paper_reward,
@@ -419,4 +419,4 @@ def test_paper_rewards_are_registered_by_name():
         accuracy_reward,
         format_reward,
     ]
-    assert {"paper", "accuracy", "format", "tasks"} <= set(REWARDS)
+    assert {"paper", "accuracy", "format", "tasks"} <= set(REWARD_FUNCTIONS)

@@ -158,7 +158,7 @@ def build(argv):
     """``(trainer, training args)`` exactly as ``pgpo train ARGV`` builds them."""
     from pgpo.commands.train import _preprocess, build_trainer, make_parser
 
-    script_args, training_args, model_args = make_parser().parse_args_and_config(_preprocess(argv))
+    script_args, training_args, model_args = make_parser().parse_args_and_config(_preprocess(argv)[0])
     with shared_processor():
         return build_trainer(script_args, training_args, model_args), training_args
 

@@ -8,12 +8,11 @@ applies a preset (:data:`pgpo.config.ALGORITHM_PRESETS`) before explicit options
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from dataclasses import dataclass, field
 
 from pgpo.config import ALGORITHM_PRESETS, ALGORITHMS, PRESET_REWARDS, PGPOConfig
+from pgpo.rewards import reward_functions
 
 
 @dataclass
@@ -47,29 +46,6 @@ class PGPOScriptArguments:
         default=None,
         metadata={"help": f"Preset applied before explicit options: one of {', '.join(ALGORITHMS)}."},
     )
-
-
-REWARDS = {
-    "paper": "pgpo.rewards.paper_reward",
-    "paper_accuracy": "pgpo.rewards.paper_accuracy_reward",
-    "paper_format": "pgpo.rewards.paper_format_reward",
-    "accuracy": "pgpo.rewards.accuracy_reward",
-    "format": "pgpo.rewards.format_reward",
-    "tasks": "pgpo.tasks.correctness_reward",
-}
-
-
-def reward_functions(names: list[str]):
-    """Reward functions by short name (:data:`REWARDS`) or dotted import path (``module.function``)."""
-    funcs = []
-    for name in names:
-        path = REWARDS.get(name, name)
-        if "." not in path:
-            raise ValueError(f"unknown reward function {name!r}: use one of {sorted(REWARDS)} or module.function")
-        module, attr = path.rsplit(".", 1)
-        sys.path.insert(0, os.getcwd())
-        funcs.append(getattr(importlib.import_module(module), attr))
-    return funcs
 
 
 def load_training_data(script_args: PGPOScriptArguments, seed: int):

@@ -82,7 +82,8 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
     if cfg.rl_train == "projector":
         model.model.language_model.requires_grad_(False)
     model.train()
-    args = PGPOConfig(
+    options = dict(ALGORITHM_PRESETS[algorithm])  # the preset, then the demo's own (smaller) setup over it
+    options.update(
         output_dir=str(out / algorithm),
         use_cpu=True,
         bf16=False,
@@ -91,6 +92,7 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
+        top_p=1.0,
         max_steps=cfg.rl_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="constant",
@@ -100,8 +102,11 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
         log_visual_dependency=True,  # GRPO's dependency is logged too, for the comparison plots
         log_completions=False,
         disable_tqdm=False,
-        **{**ALGORITHM_PRESETS[algorithm], "mask_truncated_completions": False},
+        reward_weights=None,  # one reward function (the task's checker)
+        mask_truncated_completions=False,
+        dynamic_sampling_fallback="fill",
     )
+    args = PGPOConfig(**options)
     trainer = PGPOTrainer(
         model=model,
         reward_funcs=correctness_reward,
