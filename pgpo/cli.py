@@ -9,13 +9,14 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": (
         "pgpo.commands.train",
-        "RL-train a VLM with PGPO / GRPO / DAPO / Dr.GRPO / VPPO (TRL style, accelerate-ready)",
+        "RL-train a VLM with PGPO / GRPO / DAPO / Dr.GRPO / VPPO / PAPO (TRL style, accelerate-ready)",
     ),
     "demo": ("pgpo.commands.demo", "embedded default: warm-start a small real VLM, then GRPO vs PGPO on this CPU"),
     "compare": ("pgpo.commands.compare", "the demo over several seeds and algorithms, mean +- sd"),
-    "eval": ("pgpo.commands.eval", "evaluate a model on multimodal reasoning benchmarks (accuracy@k)"),
-    "inspect": ("pgpo.commands.inspect", "per-token visual dependency of one answer, as HTML + PNG"),
-    "bench": ("pgpo.commands.bench", "measure PGPO's cost over GRPO (time and memory ratios)"),
+    "eval": ("pgpo.commands.eval", "the paper's evaluation: Table 1's eight benchmarks, avg@8, the paper's grader"),
+    "inspect": ("pgpo.commands.inspect", "S, I and w~ of each token of one answer, as HTML + PNG"),
+    "gradvar": ("pgpo.commands.gradvar", "policy-gradient variance at fixed parameters: DAPO vs PGPO, same rollouts"),
+    "bench": ("pgpo.commands.bench", "measure PGPO's cost over DAPO / GRPO (time and memory ratios)"),
     "make-tiny": ("pgpo.commands.make_tiny", "save the tiny random Qwen2.5-VL (real tokenizer) to a folder"),
 }
 

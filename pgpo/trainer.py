@@ -101,15 +101,15 @@ class PGPOTrainer(GRPOTrainer):
         ]
         self._shaping = self.args.shaping
         self._shaping_config = self.args.shaping_config()
-        self._image_spec = None
-        if self.args.scores_dependency:
-            try:
-                self._image_spec = image_token_spec(_config_of(self.model))
-            except ValueError as err:
+        try:
+            self._image_spec = image_token_spec(_config_of(self.model))
+        except ValueError as err:
+            if self.args.scores_dependency:
                 raise ValueError(
                     f"advantage_shaping={self.args.advantage_shaping!r} / log_visual_dependency score visual "
                     f"dependency, which needs a vision-language model: {err}"
                 ) from None
+            self._image_spec = None
         self.dependency_source = self._choose_dependency_source()
         logger.info(
             "PGPO: advantage_shaping=%s, dependency_estimator=%s, text_only_mode=%s, p_image from %s",
@@ -245,6 +245,18 @@ class PGPOTrainer(GRPOTrainer):
             black=self._black,
             generator=self._generator(0) if args.text_only_mode == "patch_blackout" else None,
         )
+
+    def generate_and_score(self, rows: list[dict]) -> dict:
+        """One generation batch as training sees it: rollouts of ``rows`` (each prompt repeated ``num_generations``
+        times), rewards, advantages (shaped when the source is not ``training_forward``) -- TRL's output dict."""
+        return self._generate_and_score_completions(rows)
+
+    def visual_dependency(self, inputs: dict) -> torch.Tensor:
+        """``S`` ``[B, T]`` of a generation batch (the dict :meth:`generate_and_score` returns), with this run's
+        estimator and blind pass, scored by the current weights."""
+        if self._image_spec is None:
+            raise ValueError("visual dependency needs a vision-language model (no image token id in its config)")
+        return self._dependency(inputs, inputs.get("old_per_token_logps"))
 
     def _dependency(self, inputs: dict, image_logps: torch.Tensor | None = None) -> torch.Tensor:
         """Visual dependency ``[B, T]`` of a generation batch (TRL's output dict) or of one training micro-batch."""

@@ -1,0 +1,61 @@
+"""pgpo gradvar: the moments by hand, and the paired DAPO / PGPO gradients on the tiny model (PGPO with unit weights
+gives exactly DAPO's statistics; real weights change them)."""
+
+import math
+
+import pytest
+import torch
+
+from pgpo.gradvar import GradVarConfig, RunningMoments, build_gradvar_trainer, gradient_variance
+from pgpo.shaping import PGPOShapingConfig
+
+
+def test_running_moments_by_hand():
+    m = RunningMoments(2)
+    for g in ([1.0, 2.0], [3.0, 4.0], [5.0, 0.0]):
+        m.add(torch.tensor(g))
+    s = m.summary()
+    # mean [3, 2]; unbiased variances [4, 4] -> trace 8; E||g||^2 = (5 + 25 + 25) / 3; ||mean||^2 = 13
+    assert s["trace_cov"] == pytest.approx(8.0) and s["mean_sq_norm"] == pytest.approx(55 / 3)
+    assert s["mean_grad_sq_norm"] == pytest.approx(13.0) and s["snr"] == pytest.approx(13 / 8)
+    with pytest.raises(ValueError, match="at least 2"):
+        one = RunningMoments(1)
+        one.add(torch.ones(1))
+        one.summary()
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="batches must be >= 2"):
+        GradVarConfig(model="tiny-qwen", batches=1)
+    with pytest.raises(ValueError, match="pgpo_tau"):
+        GradVarConfig(model="tiny-qwen", tau=2.0)
+
+
+def _run(tmp_path, shaping):
+    from pgpo.models.tiny_qwen import build_tiny_qwen25vl
+
+    model, processor = build_tiny_qwen25vl(seed=0)
+    cfg = GradVarConfig(
+        model="tiny-qwen",
+        out=str(tmp_path),
+        batches=2,
+        prompts_per_batch=2,
+        num_generations=4,
+        max_completion_length=6,
+        reward_funcs=["tests.test_trainer.length_reward"],
+        image_size=56,
+        families=["count"],
+    )
+    trainer = build_gradvar_trainer(cfg, model, processor)
+    return gradient_variance(trainer, cfg.batches, shaping, params="lm_head")
+
+
+def test_unit_weights_give_dapo_and_real_weights_differ(tmp_path):
+    unit = _run(tmp_path / "unit", PGPOShapingConfig(tau=0.0, beta=0.0))
+    for key in ("mean_sq_norm", "trace_cov", "snr"):
+        assert unit.dapo[key] == pytest.approx(unit.pgpo[key], rel=1e-9) and math.isfinite(unit.dapo[key])
+    shaped = _run(tmp_path / "shaped", PGPOShapingConfig())
+    assert shaped.dapo["mean_sq_norm"] == pytest.approx(unit.dapo["mean_sq_norm"], rel=1e-6)  # same rollouts (seeded)
+    assert shaped.pgpo["mean_sq_norm"] != pytest.approx(shaped.dapo["mean_sq_norm"], rel=1e-6)
+    assert 0 < shaped.gated_frac < 1 and shaped.n_params > 0
+    assert set(shaped.to_dict()["pgpo_over_dapo"]) == {"mean_sq_norm", "trace_cov", "snr"}
