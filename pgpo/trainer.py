@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 DEPENDENCY_SOURCES = ("none", "trl_old_logps", "training_forward", "own_pass")
 # The keyword arguments TRL's _get_per_token_logps_and_entropies takes for the image tensors.
-_TRL_FORWARD_KEYS = tuple(
+TRL_FORWARD_KEYS = tuple(
     p
     for p in inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters
     if p in IMAGE_KEYS + PER_TOKEN_KEYS
@@ -208,7 +208,7 @@ class PGPOTrainer(GRPOTrainer):
         size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             if "position_ids" not in batch:
-                extra = {k: batch[k] for k in _TRL_FORWARD_KEYS if k in batch}
+                extra = {k: batch[k] for k in TRL_FORWARD_KEYS if k in batch}
                 logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
                     self, self.model, batch["input_ids"], batch["attention_mask"], logits_to_keep, size, **extra
                 )
@@ -260,7 +260,7 @@ class PGPOTrainer(GRPOTrainer):
 
     def _dependency(self, inputs: dict, image_logps: torch.Tensor | None = None) -> torch.Tensor:
         """Visual dependency ``[B, T]`` of a generation batch (TRL's output dict) or of one training micro-batch."""
-        batch = {k: inputs[k] for k in _TRL_FORWARD_KEYS if k in inputs}
+        batch = {k: inputs[k] for k in TRL_FORWARD_KEYS if k in inputs}
         batch["input_ids"] = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         batch["attention_mask"] = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         T = inputs["completion_ids"].shape[1]
@@ -269,7 +269,7 @@ class PGPOTrainer(GRPOTrainer):
             size = (
                 self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
             )
-            extra = {k: batch[k] for k in _TRL_FORWARD_KEYS if k in batch}
+            extra = {k: batch[k] for k in TRL_FORWARD_KEYS if k in batch}
             with torch.no_grad():
                 GRPOTrainer._get_per_token_logps_and_entropies(
                     self, scorer, batch["input_ids"], batch["attention_mask"], T, size, **extra
@@ -320,7 +320,7 @@ class PGPOTrainer(GRPOTrainer):
             gen = self._generator(1, i // self.num_generations)  # the same mask for the G rollouts of a prompt
             masked += [blacken_image(img, self.args.papo_mask_prob, gen) for img in images]
         processed = image_processor(images=masked, return_tensors="pt")
-        batch = {k: output[k] for k in _TRL_FORWARD_KEYS if k in output}
+        batch = {k: output[k] for k in TRL_FORWARD_KEYS if k in output}
         pixels = processed["pixel_values"].to(output["pixel_values"].device, output["pixel_values"].dtype)
         if pixels.shape != output["pixel_values"].shape or (
             "image_grid_thw" in processed

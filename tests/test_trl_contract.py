@@ -11,7 +11,7 @@ from test_trainer import make_trainer
 from trl import GRPOTrainer
 
 from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS
-from pgpo.trainer import _TRL_FORWARD_KEYS, PGPOTrainer
+from pgpo.trainer import TRL_FORWARD_KEYS, PGPOTrainer
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_per_token_logps_signature_and_model_call():
     ``labels=...`` and ``fused_lm_head=True``, reading ``.log_probs``."""
     params = inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters
     assert {"batch_size", "pixel_values", "image_grid_thw", "num_images", "mm_token_type_ids"} <= set(params)
-    assert set(_TRL_FORWARD_KEYS) <= set(IMAGE_KEYS + PER_TOKEN_KEYS) and "pixel_values" in _TRL_FORWARD_KEYS
+    assert set(TRL_FORWARD_KEYS) <= set(IMAGE_KEYS + PER_TOKEN_KEYS) and "pixel_values" in TRL_FORWARD_KEYS
     calls = []
 
     def model(**kwargs):

@@ -1,0 +1,96 @@
+"""The house rules of the package, checked on its source: no module imports a private name of another module, no
+import cycle between pgpo's modules (a package and its own submodules aside), every command is registered."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "pgpo"
+
+
+def _modules():
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        yield name, path, ast.parse(path.read_text(), filename=str(path))
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_no_module_imports_a_private_name_of_another():
+    offences = []
+    for _, path, tree in _modules():
+        modules = set()  # names bound to imported modules in this file
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                offences += [f"{path.name}: from {node.module} import {a.name}" for a in node.names if _private(a.name)]
+            elif isinstance(node, ast.Import):
+                modules |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name):
+                if node.value.id in modules:
+                    offences.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert not offences, offences
+
+
+def _top_level_imports(name: str, tree: ast.Module) -> set[str]:
+    out = set()
+    package = name if name.count(".") == 0 else name.rsplit(".", 1)[0]
+    for node in tree.body:  # module level only: imports inside functions are lazy on purpose
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pgpo"):
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            out.add(package)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("pgpo")}
+    return out
+
+
+def test_no_import_cycle():
+    modules = {name: tree for name, _, tree in _modules()}
+    graph = {n: {m for m in _top_level_imports(n, t) if m in modules and m != n} for n, t in modules.items()}
+
+    def own(a, b):  # a package and its own submodules import each other by design (a registry's __init__)
+        return a.startswith(b + ".") or b.startswith(a + ".")
+
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in graph[node]:
+            if own(node, nxt):
+                continue
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for n in graph:
+        if n not in state:
+            visit(n, [n])
+    assert not cycles, cycles
+
+
+def test_every_command_module_is_registered_and_has_main():
+    from pgpo.cli import COMMANDS
+
+    registered = {module for module, _ in COMMANDS.values()}
+    on_disk = {
+        f"pgpo.commands.{p.stem}" for p in (ROOT / "commands").glob("*.py") if p.stem not in ("__init__", "parsing")
+    }
+    assert on_disk == registered, on_disk ^ registered
+    for name, path, tree in _modules():
+        if name in registered:
+            assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), path
+
+
+@pytest.mark.parametrize("name", ["PGPOConfig", "PGPOTrainer"])
+def test_public_face(name):
+    import pgpo
+
+    assert getattr(pgpo, name).__name__ == name
