@@ -23,6 +23,9 @@ aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints, logging — is T
    ``[B, T]`` (:mod:`pgpo.shaping`); TRL's ``_compute_loss`` takes ``[B, T]`` advantages as they are.
 4. Metrics: dependency mean / quantiles / sparsity, gated fraction, mean weight on gated / ungated tokens, and a
    running variance of the gradient norm across optimizer steps (Welford; ``grad_norm/running_var``).
+5. Faults (docs/reliability.md): the data, the output folder and the processor's limits are checked at start
+   (:mod:`pgpo.validation`); a non-finite loss or gradient norm raises ``FloatingPointError`` naming the step, before
+   the optimizer applies it; batches mixing rows with and without an image train (a text-only row's dependency is 0).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from pgpo.dependency import score_batch
 from pgpo.loss_terms import LossContext, get_loss_term
 from pgpo.sampling import DynamicSampler, RefillStream, check_layout
 from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, black_pixel, blacken_image, image_token_spec
-from pgpo.validation import named_reward, validate_dataset
+from pgpo.validation import check_for_processor, check_output_dir, named_reward, validate_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,14 @@ def _config_of(model):
     if hasattr(inner, "get_base_model"):
         inner = inner.get_base_model()
     return inner.config
+
+
+def _drop_empty_image_inputs(module, args, kwargs):
+    """Forward pre-hook: image tensors holding no image (a micro-batch of text-only rows) are not passed on."""
+    empty = [k for k in IMAGE_KEYS if isinstance(kwargs.get(k), torch.Tensor) and kwargs[k].shape[:1] == (0,)]
+    if not empty:
+        return None
+    return args, {k: v for k, v in kwargs.items() if k not in empty}
 
 
 class _MicroBatchScorer:
@@ -90,11 +101,21 @@ class PGPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args, train_dataset=None, **kwargs):
+        # Start-up checks (pgpo.validation), before the model is loaded and before any step.
+        config = kwargs.get("args", args[2] if len(args) > 2 else None)
+        check_output_dir(getattr(config, "output_dir", None))
+        processor = kwargs.get("processing_class")
+        model = kwargs.get("model", args[0] if args else None)
         if train_dataset is not None:
-            train_dataset = validate_dataset(train_dataset)
+            train_dataset = validate_dataset(
+                train_dataset, processor=processor, model=model if isinstance(model, torch.nn.Module) else None
+            )
         super().__init__(*args, train_dataset=train_dataset, **kwargs)
+        if train_dataset is not None and processor is None:  # TRL loaded the processor: its checks now
+            check_for_processor(train_dataset, self.processing_class, self.model)
         if not isinstance(self.args, PGPOConfig):
             raise TypeError(f"PGPOTrainer needs a PGPOConfig, got {type(self.args).__name__}")
+        self._allow_text_only_micro_batches()
         self.reward_funcs = [
             f if isinstance(f, torch.nn.Module) or inspect.iscoroutinefunction(f) else named_reward(f, name)
             for f, name in zip(self.reward_funcs, self.reward_func_names)
@@ -390,9 +411,64 @@ class PGPOTrainer(GRPOTrainer):
         self._metrics[mode]["rewards/unscorable_frac"].append(unscorable)
         return rewards_per_func
 
+    # ----------------------------------------------------------------------------------------------- mixed batches
+    # Rows with and without an image in one batch (pgpo.data's text_only="keep"). TRL marks a text-only row's images
+    # as None, which its processor call rejects (TypeError "only a single or a list of entries is supported"); and a
+    # micro-batch of text-only rows reaches the model with empty image tensors, which Qwen-VL's vision tower rejects.
+    # The blind pass of a text-only row is the row itself: its dependency is 0.
+    def _generate(self, prompts):
+        out = super()._generate(prompts)
+        # (prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images)
+        images = out[6] if isinstance(out, tuple) and len(out) == 8 else None
+        if images is not None and any(x is None for x in images):
+            out = (*out[:6], [[] if x is None else x for x in images], *out[7:])
+        return out
+
+    def _allow_text_only_micro_batches(self) -> None:
+        """The model's backbone gets no image tensors at all, instead of empty ones, for a micro-batch without
+        images."""
+        inner = self.accelerator.unwrap_model(self.model)
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+        backbone = getattr(inner, "base_model", inner)
+        if isinstance(backbone, torch.nn.Module):
+            backbone.register_forward_pre_hook(_drop_empty_image_inputs, with_kwargs=True)
+
+    def _zero_text_only_rows(self, batch: dict, scores: torch.Tensor) -> torch.Tensor:
+        """Dependency 0, exactly, for rows whose prompt has no visual token (not the float noise of two passes)."""
+        if self._image_spec is None:
+            return scores
+        hidden = torch.tensor(self._image_spec.hidden_ids(), device=batch["prompt_ids"].device)
+        visual = (torch.isin(batch["prompt_ids"], hidden) & batch["prompt_mask"].bool()).any(dim=1)
+        return scores if bool(visual.all()) else scores * visual[:, None].to(scores.dtype)
+
+    # ----------------------------------------------------------------------------------------------- numerics
+    def _get_grad_norm(self, model, grad_norm=None):
+        """transformers' gradient norm (after clipping, if any), checked before ``optimizer.step()`` applies it."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is None or self._loss_scaler_skips_overflow():
+            return grad_norm
+        value = float(grad_norm)
+        if not math.isfinite(value):
+            applied = (
+                "DeepSpeed has applied it already (its engine steps inside backward)"
+                if self.is_deepspeed_enabled
+                else "the optimizer has not applied it: the weights are those before this step"
+            )
+            raise FloatingPointError(
+                f"non-finite gradient norm ({value}) at step {self.state.global_step + 1}: the backward pass produced "
+                f"NaN/inf gradients; {applied}"
+            )
+        return grad_norm
+
+    def _loss_scaler_skips_overflow(self) -> bool:
+        """fp16 loss scaling: an inf/NaN gradient is an expected overflow, and the scaler skips that step."""
+        return getattr(self.accelerator, "scaler", None) is not None or (self.is_deepspeed_enabled and self.args.fp16)
+
     # ----------------------------------------------------------------------------------------------- shaping
     def _shape_advantages(self, batch: dict, scores: torch.Tensor, mode: str) -> None:
         """Log the dependency and replace ``batch['advantages']`` ``[B]`` by the method's per-token ``[B, T]``."""
+        scores = self._zero_text_only_rows(batch, scores)
         mask = batch["completion_mask"]
         if "tool_mask" in batch:
             mask = mask * batch["tool_mask"]

@@ -160,6 +160,46 @@ def _is_pgpo_vlm(path: str) -> bool:
         return json.load(f).get("model_type") == "pgpo_vlm"
 
 
+def missing_model_folder(name: str) -> str | None:
+    """The clear error for a model argument that is meant as a local folder and exists nowhere (else ``None``).
+
+    Meant as a folder: it starts with ``.``, ``/`` or ``~``, or has more than one path separator (a hub id has one:
+    ``org/name``). A name with one separator (``runs/tiny-qwen`` or ``Qwen/Qwen2.5-VL-3B-Instruct``) is a folder that
+    exists nowhere when it is not a local folder, not a hub repo in the local hub cache, and either the folder before
+    the separator exists here or the hub is offline (``HF_HUB_OFFLINE``). Anything else is left to the hub.
+    """
+    path = os.path.expanduser(name)
+    if os.path.exists(path):
+        return None if os.path.isdir(path) else f"model path is a file, not a model folder: {path}"
+    found = f"model folder not found: {os.path.abspath(path)} (--model_name_or_path {name})"
+    separators = name.count(os.sep) + (name.count(os.altsep) if os.altsep else 0)
+    if name.startswith((".", "/", "~")) or separators > 1:
+        return found
+    if separators == 1 and not _cached(name):
+        if os.path.isdir(os.path.dirname(path)):
+            return found
+        if _hub_offline():
+            return f"{found}; nor is it a hub repo in the local cache (the hub is offline: HF_HUB_OFFLINE)"
+    return None
+
+
+def _cached(repo_id: str) -> bool:
+    """Whether the local hub cache holds a config of ``repo_id`` (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
 def build_trainer(script_args, training_args, model_args):
     """Model, processor, data, rewards and PEFT, then :class:`pgpo.trainer.PGPOTrainer`."""
     from trl import get_peft_config
@@ -168,6 +208,9 @@ def build_trainer(script_args, training_args, model_args):
 
     if not model_args.model_name_or_path:
         raise SystemExit("pgpo train: --model_name_or_path is required (a hub id or a local folder)")
+    missing = missing_model_folder(model_args.model_name_or_path)
+    if missing:
+        raise SystemExit(f"pgpo train: {missing}")
     model_init_kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
