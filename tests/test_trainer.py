@@ -72,11 +72,11 @@ METRICS = [
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHM_PRESETS))
 def test_each_algorithm_trains(tmp_path, algorithm):
-    trainer = make_trainer(tmp_path, algorithm, log_visual_dependency=True)
+    trainer = make_trainer(tmp_path, algorithm, log_visual_dependency=True, max_steps=1)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
+    assert len(logs) == 1 and all(math.isfinite(h["loss"]) for h in logs)
     changed = sum(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n in before)
     assert changed > 0
     shaped = ALGORITHM_PRESETS[algorithm]["advantage_shaping"] != "none"
@@ -168,14 +168,13 @@ def _assert_same_logs(a, b):
         )
 
 
-@pytest.mark.parametrize("gradient_checkpointing", [False, True])
-def test_training_forward_source_equals_own_pass(tmp_path, image_passes, gradient_checkpointing):
+def test_training_forward_source_equals_own_pass(tmp_path, image_passes):
     """TRL's default configuration: log pi_img from the training forward gives the update of PGPO's own pass."""
     own = make_trainer(tmp_path / "own", "pgpo", dependency_from_training_forward=False)
     assert own.dependency_source == "own_pass"
     own.train()
     assert image_passes["image"] == 2 and image_passes["blind"] == 2
-    hooked = make_trainer(tmp_path / "tf", "pgpo", gradient_checkpointing=gradient_checkpointing)
+    hooked = make_trainer(tmp_path / "tf", "pgpo", gradient_checkpointing=True)  # the training forward checkpointed
     assert hooked.dependency_source == "training_forward"
     hooked.train()
     assert image_passes["image"] == 2 and image_passes["blind"] == 4  # no image pass of its own
