@@ -68,8 +68,13 @@ def test_parts_and_the_report(result, tmp_path, capsys):
     assert all(math.isfinite(p["s"]) and p["s"] >= 0 for p in parts["parts"].values())
     assert math.isfinite(parts["predicted_time_ratio"]) and parts["predicted_time_ratio"] > 1
     lines = headline(result)
-    assert [line.split(":")[0] for line in lines] == ["PGPO/GRPO step time ratio", "PGPO/DAPO step time ratio"]
-    assert all(re.fullmatch(r"PGPO/(GRPO|DAPO) step time ratio: \d+\.\d{3}", line) for line in lines)
+    assert [line.split(":")[0] for line in lines] == [
+        "PGPO/GRPO step time ratio",
+        "PGPO/DAPO step time ratio",
+        "PGPO/GRPO step CPU-time ratio",
+        "PGPO/DAPO step CPU-time ratio",
+    ]
+    assert all(re.fullmatch(r"PGPO/(GRPO|DAPO) step (CPU-)?time ratio: \d+\.\d{3}", line) for line in lines)
     assert "| default | PGPO/DAPO |" in to_markdown(result)
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(result))

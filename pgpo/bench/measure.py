@@ -20,6 +20,7 @@ import math
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -135,20 +136,38 @@ def resident_bytes(*objects) -> int:
     return total
 
 
+def schedstat_wait(path: str) -> int:
+    """Nanoseconds runnable but waiting for a CPU, the second field of a ``schedstat`` file (0 if unreadable)."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0  # not Linux, or a thread that just ended
+
+
+class RetiredThreads:
+    """The run-queue wait of this process's threads that have ended: their ``/proc/self/task`` entries are gone, so
+    each thread that ends (a trainer's, :mod:`pgpo.bench.step`) adds its own here first."""
+
+    wait_ns = 0
+    lock = threading.Lock()
+
+    @classmethod
+    def retire_current_thread(cls) -> None:
+        wait = schedstat_wait("/proc/thread-self/schedstat")
+        with cls.lock:
+            cls.wait_ns += wait
+
+
 def run_queue_wait_seconds() -> float | None:
-    """Seconds this process's threads have been runnable but waiting for a CPU (``None`` off Linux)."""
-    total = 0
+    """Seconds this process's threads (live and ended) have been runnable but waiting for a CPU (``None`` off
+    Linux)."""
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
         return None
-    for task in tasks:
-        try:
-            with open(f"/proc/self/task/{task}/schedstat") as f:
-                total += int(f.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that just ended
-    return total / 1e9
+    live = sum(schedstat_wait(f"/proc/self/task/{task}/schedstat") for task in tasks)
+    return (live + RetiredThreads.wait_ns) / 1e9
 
 
 class StallMeter:

@@ -48,16 +48,19 @@ def _range(p: dict) -> str:
 
 
 def headline(result: dict) -> list[str]:
-    """``PGPO/GRPO step time ratio: X`` and ``PGPO/DAPO step time ratio: X`` of the default configuration (the
-    median of the per-round paired ratios), or nothing when the default group was not measured."""
+    """``PGPO/GRPO step time ratio: X`` and ``PGPO/DAPO step time ratio: X`` of the default configuration (the median
+    of the per-round paired wall-time ratios); on the CPU also the same for CPU time (robust to a shared machine).
+    Nothing when the default configuration was not measured."""
     default = (result.get("step") or {}).get("default")
     if not default:
         return []
-    return [
-        f"PGPO/{LABELS[other]} step time ratio: {default['ratios'][other]['time']['paired_median']:.3f}"
-        for other in ("grpo", "dapo")
-        if other in default["ratios"]
-    ]
+    others = [o for o in ("grpo", "dapo") if o in default["ratios"]]
+    lines = [f"PGPO/{LABELS[o]} step time ratio: {default['ratios'][o]['time']['paired_median']:.3f}" for o in others]
+    if not result["meta"]["device"].startswith("cuda"):
+        lines += [
+            f"PGPO/{LABELS[o]} step CPU-time ratio: {default['ratios'][o]['cpu']['paired_median']:.3f}" for o in others
+        ]
+    return lines
 
 
 def step_tables(result: dict) -> list[Table]:
@@ -179,34 +182,46 @@ def parts_table(result: dict) -> list[Table]:
         return []
     labels = {
         "blind_batch": "build the blind batch (positions kept)",
-        "blind_forward": "blind forward + sampled-token log-probs (no grad)",
+        "blind_forward_trl": "blind forward, TRL's fused LM head (the trainer's kernel)",
         "k3": "k3 on [B, T]",
         "shaping": "PGPO shaping (Eqs. 4-8)",
-        "image_forward": "for scale: the same forward with the image (no grad)",
+        "blind_forward": "alternative: blind forward, pgpo's sampled_token_logps",
+        "image_forward_trl": "for scale: image forward, TRL's fused LM head",
+        "image_forward": "for scale: image forward, pgpo's sampled_token_logps",
     }
     dapo = None
     step = (result.get("step") or {}).get("default")
     if step:
         dapo = step["candidates"]["dapo"]["cpu_s"]
     table = Table(
-        f"PGPO's extra work per micro-batch ({parts['rows']} rows x {parts['completion_length']} tokens; sequence "
-        f"{parts['image_sequence']} with {parts['image_tokens_per_row']} image tokens, blind {parts['blind_sequence']})",
-        ["part", "time", "CPU", "peak extra MiB", "share of a DAPO step (CPU)"],
+        f"PGPO's extra work per micro-batch, no grad ({parts['rows']} rows x {parts['completion_length']} tokens; "
+        f"sequence {parts['image_sequence']} with {parts['image_tokens_per_row']} image tokens, blind "
+        f"{parts['blind_sequence']})",
+        ["part", "time", "CPU", "peak extra MiB", "CPU share of a DAPO step"],
     )
     for name, label in labels.items():
-        p = parts["parts"][name]
+        p = parts["parts"].get(name)
+        if p is None:  # a result saved before the part existed
+            continue
         share = _pct(p["cpu_s"] / dapo) if dapo else "-"
         table.rows.append([label, _s(p["s"]), _s(p["cpu_s"]), _mib(p["peak_extra_bytes"]), share])
     extra = parts["extra_cpu_s"]
     table.rows.append(
-        ["PGPO's extra (the first four)", _s(parts["extra_s"]), _s(extra), "", _pct(extra / dapo) if dapo else "-"]
+        ["PGPO's extra in the trainer (first four rows)", _s(parts["extra_s"]), _s(extra), "",
+         _pct(extra / dapo) if dapo else "-"]
+    )  # fmt: skip
+    caption = f"blind / image forward CPU time: pgpo's kernel {parts['blind_over_image_forward']:.2f}"
+    if "blind_over_image_forward_trl" in parts:
+        caption += f", TRL's {parts['blind_over_image_forward_trl']:.2f}"
+    caption += (
+        f"; stall {_pct(parts['stall'])}. Off Triton devices TRL's fused head scores every position (prompt "
+        "included) and the entropy too; pgpo's scores the completion positions only."
     )
-    caption = f"blind / image forward time {parts['blind_over_image_forward']:.2f}; stall {_pct(parts['stall'])}."
     if "predicted_time_ratio" in parts:
         caption += (
-            f" PGPO/DAPO step predicted as 1 + extra / DAPO step: wall {_x(parts['predicted_time_ratio'])} "
-            f"(measured {_x(parts['measured_time_ratio'])}), CPU {_x(parts['predicted_cpu_ratio'])} "
-            f"(measured {_x(parts['measured_cpu_ratio'])})."
+            f" PGPO/DAPO step predicted as 1 + extra / DAPO step: CPU {_x(parts['predicted_cpu_ratio'])} "
+            f"(measured {_x(parts['measured_cpu_ratio'])}), wall {_x(parts['predicted_time_ratio'])} "
+            f"(measured {_x(parts['measured_time_ratio'])})."
         )
     table.caption = caption
     return [table]

@@ -35,6 +35,7 @@ from pgpo.bench.inputs import char_sum_reward, prompt_dataset
 from pgpo.bench.measure import (
     QUIET_STALL,
     PeakMemory,
+    RetiredThreads,
     StallMeter,
     free_memory,
     median,
@@ -190,6 +191,8 @@ class Runner:
             self.error = err
             self.callback.ready.release()
             self.callback.done.release()
+        finally:
+            RetiredThreads.retire_current_thread()
 
     def start(self) -> None:
         self.thread.start()
