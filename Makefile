@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check pgpo tests bench
-	$(BIN)/ruff format --check pgpo tests bench
+	$(BIN)/ruff check pgpo tests
+	$(BIN)/ruff format --check pgpo tests
 
 test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q tests
