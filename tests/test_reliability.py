@@ -52,7 +52,8 @@ def length_reward(completions, **kwargs):
 
 
 def config(tmp_path, algorithm="pgpo", **overrides):
-    kwargs = dict(
+    kwargs = dict(ALGORITHM_PRESETS[algorithm])  # the preset first: the sizes below override its recipe values
+    kwargs.update(
         output_dir=str(tmp_path / "out"),
         use_cpu=True,
         per_device_train_batch_size=2,
@@ -66,8 +67,10 @@ def config(tmp_path, algorithm="pgpo", **overrides):
         seed=0,
         disable_tqdm=True,
         shuffle_dataset=False,
+        reward_weights=None,  # one reward function here
+        mask_truncated_completions=False,  # 4-token completions are all truncated
+        beta=0.0,  # no reference model: TRL would rebuild it from a path, without the hooks these tests install
     )
-    kwargs.update(ALGORITHM_PRESETS[algorithm])
     kwargs.update(overrides)
     return PGPOConfig(**kwargs)
 
@@ -122,12 +125,7 @@ def nan_gradients(model):
     "algorithm, error, message",
     [
         pytest.param("grpo", FloatingPointError, r"non-finite loss \(nan\) at step 1", id="grpo"),
-        pytest.param(
-            "dapo",
-            FloatingPointError,
-            r"non-finite gradient norm \(nan\) at step 1: .*the optimizer has not applied it",
-            id="dapo",
-        ),
+        pytest.param("dapo", FloatingPointError, r"non-finite loss \(nan\) at step 1", id="dapo"),
         pytest.param("dr_grpo", FloatingPointError, r"non-finite loss \(nan\) at step 1", id="dr_grpo"),
         pytest.param(
             "pgpo",
