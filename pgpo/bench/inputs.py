@@ -24,8 +24,9 @@ def prompt_dataset(n: int, image_size: int):
 
 
 def char_sum_reward(completions, **kwargs) -> list[float]:
-    """Deterministic and not constant (groups get non-zero advantages): the completion's character sum mod 5."""
-    return [float(sum(map(ord, c[0]["content"] if isinstance(c, list) else c)) % 5) for c in completions]
+    """Deterministic and not constant (groups get non-zero advantages): the completion's character sum mod 5, over 4,
+    in [0, 1] like an accuracy reward (DAPO's dynamic sampling keeps groups whose mean is inside (0.01, 0.99))."""
+    return [(sum(map(ord, c[0]["content"] if isinstance(c, list) else c)) % 5) / 4 for c in completions]
 
 
 def scored_batch(processor, rows: int, completion_length: int, image_size: int, seed: int = 0) -> dict:

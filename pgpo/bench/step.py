@@ -21,6 +21,7 @@ bytes of its parameters, gradients and optimizer state at the start of the turn.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import threading
@@ -222,7 +223,8 @@ def build_trainer(source, candidate: str, group: Group, cfg, max_steps: int, out
     model, processor = source.load()
     cuda = cfg.device.startswith("cuda")
     spg = group.steps_per_turn
-    options = dict(
+    options = dict(CANDIDATES[candidate])  # the recipe first: the bench's sizes below override the paper's
+    options.update(
         output_dir=output_dir,
         use_cpu=not cuda,
         bf16=cuda and model.dtype == torch.bfloat16,
@@ -239,14 +241,19 @@ def build_trainer(source, candidate: str, group: Group, cfg, max_steps: int, out
         seed=cfg.seed,
         disable_tqdm=True,
         log_completions=False,
+        reward_weights=None,  # one reward function
+        mask_truncated_completions=False,  # every completion is exactly completion_length tokens
     )
     options.update(dict(group.options))
-    options.update(CANDIDATES[candidate])
     prompts = max(8, 2 * cfg.batch * spg // cfg.num_generations)
+    args = PGPOConfig(**options)
+    if args.beta > 0:  # GRPO's KL term: TRL builds the reference model from the policy's path
+        model.save_pretrained(os.path.join(output_dir, "policy"))
+        model = os.path.join(output_dir, "policy")
     trainer = PGPOTrainer(
         model=model,
         reward_funcs=char_sum_reward,
-        args=PGPOConfig(**options),
+        args=args,
         train_dataset=prompt_dataset(prompts, cfg.image_size or source.image_size),
         processing_class=processor,
     )
