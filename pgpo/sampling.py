@@ -87,9 +87,12 @@ def concat_outputs(outputs: list[dict], pad_token_id: int) -> dict:
     C = max(o["completion_ids"].shape[1] for o in outputs)
     merged = {}
     for key in outputs[0]:
-        values = [o[key] for o in outputs]
-        if values[0] is None or (isinstance(values[0], torch.Tensor) and values[0].dim() == 0):
-            continue
+        present = [o[key] for o in outputs if key in o]
+        if present[0] is None or any(isinstance(v, torch.Tensor) and v.dim() == 0 for v in present):
+            continue  # 0-dim values: absent from already-merged rounds (the "fill" fallback), recomputed anyway
+        if len(present) < len(outputs):
+            raise KeyError(f"concat_outputs: {key!r} is missing from some rounds' generation outputs")
+        values = present
         if key in PROMPT_KEYS:
             fill = pad_token_id if key == "prompt_ids" else 0
             merged[key] = torch.cat([_pad(v, P, fill, left=True) for v in values])

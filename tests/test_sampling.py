@@ -150,6 +150,13 @@ def test_round_limit_raises_or_fills_never_a_smaller_batch():
     ).sample(first)
     assert len(rows) == 2 * G and stats.filled_groups == 2 and stats.rounds == 2
     assert output["advantages"].shape == (2 * G,)
+    # one group kept in the only round, one filled from the dropped ones: a merged and a split output are joined
+    data = dataset(["mixed"] + ["zero"] * 5)
+    output, stats, rows = make_sampler(
+        FakeTRL(), RefillStream(data, G, 2, 1, 0, seed=0), max_rounds=1, fallback="fill"
+    ).sample(group_rows(data, [0, 1]))
+    assert [r["kind"] for r in rows[::G]] == ["mixed", "zero"] and stats.filled_groups == 1
+    assert output["advantages"].shape == (2 * G,) and "num_items_in_batch" not in output
 
 
 def test_two_processes_keep_their_own_groups_and_run_the_same_rounds():
