@@ -334,5 +334,9 @@ ALGORITHM_PRESETS: dict[str, dict] = {
         "papo_masked_entropy_coef": 0.03,
     },
 }
+# Table 2's ablations of PGPO (on DAPO), one preset each.
+ALGORITHM_PRESETS["pgpo_suppress_only"] = {**ALGORITHM_PRESETS["pgpo"], "pgpo_tau": 1.0}
+ALGORITHM_PRESETS["pgpo_boost_only"] = {**ALGORITHM_PRESETS["pgpo"], "pgpo_tau": 0.0}
+ALGORITHM_PRESETS["pgpo_no_norm"] = {**ALGORITHM_PRESETS["pgpo"], "pgpo_normalize": False}
 ALGORITHMS = tuple(ALGORITHM_PRESETS)
 PRESET_REWARDS = {name: ["paper_accuracy", "paper_format"] for name in ALGORITHMS}

@@ -1,76 +1,155 @@
-"""The embedded default end to end at toy size: warm start -> GRPO and PGPO on the small real VLM -> report."""
+"""The embedded default end to end at toy size: warm start -> DAPO and PGPO on the small real VLM -> report (Markdown,
+real HTML tables rendered in headless Chromium), saved models, gradvar; the report's statistics by hand."""
 
 import json
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from pgpo.demo.report import paired_difference, report_tables, write_report
 from pgpo.demo.run import DemoConfig, run_demo
 from pgpo.demo.warmstart import WarmStartConfig
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def toy_config(out, **kw) -> DemoConfig:
+    options = dict(
+        out_dir=str(out),
+        rl_steps=1,
+        prompts_per_step=2,
+        num_generations=2,
+        max_completion_length=6,
+        n_train=8,
+        n_test=6,
+        n_val=2,
+        eval_every=1,
+        gradvar_batches=2,
+        gradvar_params="projector",  # the statistics' plumbing, not 135 M float64 parameters
+        max_sampling_rounds=1,
+        mask_truncated_completions=False,  # 6-token completions are all truncated
+    )
+    options.update(kw)
+    cfg = DemoConfig(**options)
+    cfg.warm = WarmStartConfig(n_samples=8, steps=1, batch_size=4)
+    return cfg
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(
-        out_dir=str(out),
-        rl_steps=1,
-        prompts_per_step=2,
-        num_generations=2,
-        max_completion_length=4,
-        n_train=8,
-        n_test=8,
-        warm=WarmStartConfig(n_samples=8, steps=1, batch_size=4),
-    )
     import os
 
     os.environ["PGPO_CACHE"] = str(out / "cache")  # a fresh warm start, not a developer's cached one
     try:
-        return out, run_demo(cfg, log=lambda *_: None)
+        return out, run_demo(toy_config(out), log=lambda *_: None)
     finally:
         os.environ.pop("PGPO_CACHE")
 
 
-def test_demo_runs_both_algorithms_and_logs_pgpo_metrics(results):
+def test_demo_runs_dapo_and_pgpo_saves_models_and_logs_metrics(results):
     out, res = results
-    assert set(res["runs"]) == {"grpo", "pgpo"}
+    assert set(res["runs"]) == {"dapo", "pgpo"}
     for algorithm, run in res["runs"].items():
-        assert 0.0 <= run["after"]["accuracy"] <= 1.0 and run["after"]["n"] == 8
+        assert 0.0 <= run["after"]["accuracy"] <= 1.0 and run["after"]["n"] == 6
         steps = [h for h in run["history"] if "loss" in h]
         assert len(steps) == 1 and math.isfinite(steps[0]["loss"])
-        assert "dependency/mean" in steps[0]  # logged for GRPO too
+        assert "dependency/mean" in steps[0] and "dynamic_sampling/rounds" in steps[0]  # DAPO's dependency logged too
         assert ("shaping/gated_frac" in steps[0]) == (algorithm == "pgpo")
-    assert json.loads((out / "results.json").read_text())["runs"]["pgpo"]["after"]["n"] == 8
+        assert run["curve"] and run["curve"][0][0] == 1  # validation accuracy after step 1
+        assert (Path(run["saved"]) / "config.json").exists()  # for pgpo inspect / pgpo eval
+        assert set(run["gradvar"]["pgpo_over_dapo"]) == {"mean_sq_norm", "trace_cov", "snr"}
+    assert json.loads((out / "results.json").read_text())["runs"]["pgpo"]["after"]["n"] == 6
     sample = res["heatmap_sample"]
-    assert len(sample["tokens"]) == len(sample["scores"]) and all(s >= 0 for s in sample["scores"])
+    assert len(sample["tokens"]) == len(sample["scores"]) == len(sample["importance"]) == len(sample["weights"])
+    assert all(s >= 0 for s in sample["scores"]) and sum(sample["weights"]) == pytest.approx(len(sample["weights"]))
+    assert res["gradvar_before"]["dapo"]["batches"] == 2
 
 
-def test_report_has_table_plots_and_heatmap(results):
-    from pgpo.demo.report import write_report
+def test_a_saved_demo_model_loads_with_load_model(results):
+    from pgpo.models import load_model
 
+    _, res = results
+    model, processor = load_model(res["runs"]["pgpo"]["saved"])
+    assert type(model).__name__ == "PGPOVLMForConditionalGeneration" and processor is not None
+
+
+def test_report_tables_by_hand():
+    runs = {
+        "dapo": {"after": {"accuracy": 0.6, "per_family": {"count": 0.6}, "mean_completion_tokens": 30}, "history": []},
+        "pgpo": {"after": {"accuracy": 0.7, "per_family": {"count": 0.7}, "mean_completion_tokens": 31}, "history": []},
+    }
+    seeds = []
+    for d, p in [(0.6, 0.7), (0.5, 0.7), (0.7, 0.7)]:
+        r = json.loads(json.dumps({"before": {"accuracy": 0.5, "per_family": {"count": 0.5}}, "runs": runs}))
+        r["runs"]["dapo"]["after"]["accuracy"], r["runs"]["pgpo"]["after"]["accuracy"] = d, p
+        seeds.append(r)
+    diff = paired_difference([0.7, 0.7, 0.7], [0.6, 0.5, 0.7])
+    # diffs .1 .2 0: mean .1, sd .1, t(0.975, 2) = 4.303 -> +- 4.303 * .1 / sqrt(3)
+    assert diff["mean"] == pytest.approx(0.1) and diff["high"] - diff["mean"] == pytest.approx(4.303 * 0.1 / 3**0.5)
+    tables = {title: rows for title, _, rows in report_tables(seeds)}
+    paired = tables["Paired differences (same seed, same test questions)"]
+    assert paired[0][0] == "dapo − warm start" and paired[0][1] == "+0.100"
+    assert paired[1][0] == "pgpo − dapo" and paired[1][1] == "+0.100"
+    assert tables["Held-out accuracy"][1][1] == "0.600 ± 0.100"
+
+
+def test_report_has_real_tables_plots_and_heatmap(results, tmp_path):
     out, res = results
-    md = write_report([res, res], out / "report", "pgpo compare --seeds 2").read_text()
-    assert "| pgpo |" in md and "| grpo |" in md and "± 0.000" in md
-    for name in ("accuracy.png", "reward.png", "dependency_heatmap.png", "report.html"):
-        assert (out / "report" / name).stat().st_size > 1000, name
+    md = write_report([res, res], tmp_path, "pgpo compare --seeds 2").read_text()
+    assert "| pgpo |" in md and "| dapo |" in md and "± 0.000" in md and "pgpo − dapo" in md
+    page = (tmp_path / "report.html").read_text()
+    assert "<table>" in page and "<th>model</th>" in page and "<pre>" not in page  # rendered tables, not raw Markdown
+    for name in ("accuracy.png", "reward.png", "accuracy_curve.png", "dependency_heatmap.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(results, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    _, res = results
+    write_report([res], tmp_path, "pgpo demo")
+    shot = tmp_path / "shot.png"
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,1600",
+        (tmp_path / "report.html").as_uri(),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("RGB"), dtype=np.float64)
+    assert pixels.shape[:2] == (1600, 1200) and pixels.var() > 0
+    # the table header background (#f2f2f2) made it to the screen: a rendered table, not text
+    assert ((np.abs(pixels - 242) < 2).all(-1)).sum() > 500
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 def test_rl_train_projector_leaves_the_language_model_untouched(results, tmp_path):
     import torch
 
     from pgpo.demo.run import train_one
-
-    out, _ = results
-    warm_path = next((out / "cache").glob("warmstart-*"))
-    cfg = DemoConfig(
-        out_dir=str(tmp_path), rl_steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4, n_train=8
-    )
-    cfg = DemoConfig(**{**cfg.__dict__, "rl_train": "projector", "learning_rate": 1e-2})
     from pgpo.vlm import load_pgpo_vlm
 
+    out, res = results
+    warm_path = Path(res["warm_path"])
+    cfg = toy_config(tmp_path, rl_train="projector", learning_rate=1e-2, eval_every=0, gradvar_batches=0)
     before, _ = load_pgpo_vlm(warm_path)
-    model, _, history = train_one("grpo", warm_path, cfg, tmp_path, log=lambda *_: None)
-    after = dict(model.named_parameters())
+    after = dict(train_one("dapo", warm_path, cfg, tmp_path, log=lambda *_: None)["model"].named_parameters())
     lm = [n for n, _ in before.named_parameters() if ".language_model." in n]
     proj = [n for n, _ in before.named_parameters() if "projector" in n]
     assert lm and proj
@@ -78,4 +157,4 @@ def test_rl_train_projector_leaves_the_language_model_untouched(results, tmp_pat
     assert all(torch.equal(ref[n], after[n]) for n in lm)
     assert all(after[n].requires_grad for n in proj) and not any(after[n].requires_grad for n in lm)
     with pytest.raises(ValueError, match="rl_train"):
-        train_one("grpo", warm_path, DemoConfig(**{**cfg.__dict__, "rl_train": "lm"}), tmp_path)
+        DemoConfig(rl_train="lm")

@@ -1,39 +1,39 @@
-"""``pgpo compare --seeds N --algos grpo,dapo,vppo,pgpo``: the demo on several seeds, mean +- sd."""
+"""``pgpo compare --seeds N --algos dapo,pgpo,vppo,papo``: the demo on several seeds; mean ± sd, per-seed paired
+differences with 95% intervals, curves (:class:`pgpo.demo.run.CompareConfig`)."""
 
 from __future__ import annotations
 
-import argparse
 import shlex
+import sys
+from dataclasses import replace
 from pathlib import Path
 
-from pgpo.commands.demo import add_demo_options, config_from
-from pgpo.config import ALGORITHMS
+from pgpo.commands.demo import algos_alias
+from pgpo.commands.parsing import parse_config
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pgpo compare", description=__doc__)
-    add_demo_options(parser)
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
-    parser.add_argument("--algos", default="grpo,pgpo", help=f"comma-separated, from {','.join(ALGORITHMS)}")
-    args = parser.parse_args(argv)
-    algos = tuple(a.strip() for a in args.algos.split(",") if a.strip())
-    unknown = [a for a in algos if a not in ALGORITHMS]
-    if unknown:
-        parser.error(f"unknown algorithm(s) {unknown}; choose from {ALGORITHMS}")
     from rich.console import Console
     from rich.markdown import Markdown
 
     from pgpo.demo.report import summary_markdown, write_report
-    from pgpo.demo.run import run_demo
+    from pgpo.demo.run import CompareConfig, run_demo
 
+    cfg = parse_config(CompareConfig, algos_alias(argv), "pgpo compare", repeatable=("--algorithms",))
     console = Console()
     results = []
-    for seed in range(args.seeds):
-        cfg = config_from(args, seed=seed, algorithms=algos, out_dir=str(Path(args.out) / f"seed{seed}"))
+    for seed in range(cfg.seeds):
+        one = replace(cfg, seed=seed, out_dir=str(Path(cfg.out_dir) / f"seed{seed}"))
+        one.warm = cfg.warm
         console.rule(f"seed {seed}")
-        results.append(run_demo(cfg, log=lambda msg, s=seed: console.print(f"[bold cyan]seed {s}[/] {msg}")))
+        results.append(run_demo(one, log=lambda msg, s=seed: console.print(f"[bold cyan]seed {s}[/] {msg}")))
+        write_report(results, cfg.out_dir, "pgpo compare " + shlex.join(argv))  # a report after every seed
     command = "pgpo compare " + shlex.join(argv)
-    path = write_report(results, args.out, command)
+    path = write_report(results, cfg.out_dir, command)
     console.print(Markdown(summary_markdown(results, command)))
     console.print(f"report: {path}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

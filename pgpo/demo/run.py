@@ -1,8 +1,10 @@
-"""``pgpo demo``: warm-start the small real VLM, then train GRPO and PGPO with the same seed and budget, evaluate.
+"""``pgpo demo``: warm-start the small real VLM, then train DAPO and PGPO with the same seed and budget, evaluate.
 
 Everything runs on the CPU with what pip installs: the VLM is built from shipped pretrained parts
-(:mod:`pgpo.vlm`), the data are :mod:`pgpo.tasks`' procedural visual questions, training is
-:class:`pgpo.trainer.PGPOTrainer` (TRL's GRPOTrainer) exactly as on a GPU cluster, only smaller.
+(:mod:`pgpo.vlm`), the data are :mod:`pgpo.tasks`' procedural visual questions answered in the paper's shape
+(``<think> ... </think> \\boxed{...}``), training is :class:`pgpo.trainer.PGPOTrainer` (TRL's GRPOTrainer) with the
+paper's recipe scaled down (DAPO with dynamic sampling that refills, PGPO's Eqs. 4-8 on it), exactly as on a GPU
+cluster, only smaller. Each trained model is saved (``<out>/<algorithm>/model``) for ``pgpo inspect`` / ``pgpo eval``.
 """
 
 from __future__ import annotations
@@ -18,71 +20,129 @@ import torch
 
 from pgpo.demo.warmstart import WarmStartConfig, warm_start
 
+RL_TRAIN = ("all", "projector")
+
 
 @dataclass
 class DemoConfig:
-    """Settings of one demo run (one seed). Defaults fit ~10 minutes on 2 CPU cores."""
+    """Settings of one demo run (one seed); every field is a flag of ``pgpo demo`` / ``pgpo compare``."""
 
-    out_dir: str = "runs/demo"
-    seed: int = 0
-    algorithms: tuple[str, ...] = ("grpo", "pgpo")
-    rl_steps: int = 32
-    prompts_per_step: int = 4
-    num_generations: int = 4
-    max_completion_length: int = 8
-    temperature: float = 0.7
-    learning_rate: float = 1e-5
-    # What RL updates: "all" (projector + LM; the vision encoder is always frozen) or "projector" (the LM stays as
-    # shipped, like the warm start).
-    rl_train: str = "all"
-    n_train: int = 512
-    n_test: int = 192
-    eval_batch_size: int = 32
-    warm: WarmStartConfig = field(default_factory=WarmStartConfig)
+    out_dir: str = field(default="runs/demo", metadata={"help": "report folder"})
+    seed: int = field(default=0, metadata={"help": "seed of the RL stage (training prompts, sampling)"})
+    algorithms: list[str] = field(
+        default_factory=lambda: ["dapo", "pgpo"], metadata={"help": "presets to train (pgpo.config.ALGORITHMS)"}
+    )
+    rl_steps: int = field(default=30, metadata={"help": "RL optimizer steps per algorithm"})
+    prompts_per_step: int = field(default=4, metadata={"help": "prompts per RL step"})
+    num_generations: int = field(default=8, metadata={"help": "rollouts per prompt (G)"})
+    max_completion_length: int = field(default=48, metadata={"help": "completion tokens at most (RL and eval)"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout temperature (the paper's 1.0)"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "RL learning rate (AdamW, constant)"})
+    rl_train: str = field(default="all", metadata={"help": "what RL updates: 'all' (projector + LM) or 'projector'"})
+    max_sampling_rounds: int = field(default=4, metadata={"help": "dynamic sampling: rounds per step at most"})
+    n_train: int = field(default=512, metadata={"help": "training questions"})
+    n_test: int = field(default=192, metadata={"help": "held-out test questions (reported once per model)"})
+    n_val: int = field(default=48, metadata={"help": "validation questions for the accuracy-vs-step curves"})
+    eval_every: int = field(default=10, metadata={"help": "validation accuracy every N RL steps (0 = off)"})
+    eval_batch_size: int = field(default=32, metadata={"help": "greedy evaluation batch size"})
+    gradvar_batches: int = field(
+        default=0, metadata={"help": "gradient variance (pgpo gradvar) over K rollout batches, before and after RL"}
+    )
+    gradvar_params: str = field(
+        default="trainable", metadata={"help": "gradient variance over: 'trainable' or name substrings (pgpo gradvar)"}
+    )
+    mask_truncated_completions: bool = field(
+        default=True, metadata={"help": "DAPO's overlong filtering: truncated completions get no loss (the preset's)"}
+    )
+    save_models: bool = field(default=True, metadata={"help": "save each trained model under <out>/<algorithm>/model"})
+    warm_steps: int | None = field(default=None, metadata={"help": "supervised warm-start steps (default: its own)"})
+    # The warm start's own settings (library only; cached by them): set the attribute after construction.
+    warm: WarmStartConfig = field(default_factory=WarmStartConfig, init=False)
+
+    def __post_init__(self):
+        from pgpo.config import ALGORITHMS
+
+        unknown = [a for a in self.algorithms if a not in ALGORITHMS]
+        if unknown:
+            raise ValueError(f"unknown algorithm(s) {unknown}: choose from {ALGORITHMS}")
+        if self.rl_train not in RL_TRAIN:
+            raise ValueError(f"rl_train must be one of {RL_TRAIN}, got {self.rl_train!r}")
+        for name in ("rl_steps", "prompts_per_step", "num_generations", "max_completion_length", "n_test"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warm_steps is not None:
+            self.warm = replace(self.warm, steps=self.warm_steps)
 
 
-def _samples(split: str, n: int, cfg: DemoConfig):
+@dataclass
+class CompareConfig(DemoConfig):
+    """``pgpo compare``: the demo over several seeds (0..seeds-1), each in ``<out_dir>/seed<k>``."""
+
+    seeds: int = field(default=3, metadata={"help": "number of seeds"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+
+
+def samples(split: str, n: int, cfg: DemoConfig, salt: int = 0):
+    """``n`` task samples of the demo's families; the test split is the same for every seed, the others are not."""
     from pgpo.tasks import make_split
 
-    offset = 0 if split == "test" else 1000 * (cfg.seed + 1)
+    offset = 0 if split == "test" else 1000 * (cfg.seed + 1) + salt
     return make_split(split, n, seed=offset, families=cfg.warm.families, size=cfg.warm.image_size)
 
 
-def evaluate_accuracy(model, processor, samples, batch_size: int = 32, max_new_tokens: int = 6) -> dict:
-    """Greedy held-out accuracy, overall and per task family (answers checked by :func:`pgpo.tasks.check`)."""
+def evaluate_accuracy(model, processor, samples, batch_size: int = 32, max_new_tokens: int = 48) -> dict:
+    """Greedy accuracy, overall and per task family (answers checked by :func:`pgpo.tasks.check`), and the mean
+    completion length in tokens."""
     from pgpo.eval.generation import GenerationRequest, HFGenerator
     from pgpo.tasks import check
     from pgpo.tasks.hf import to_messages
 
     gen = HFGenerator(model, processor, temperature=0.0, max_new_tokens=max_new_tokens)
     correct: dict[str, list[bool]] = {}
+    lengths = []
+    tok = getattr(processor, "tokenizer", processor)
     was_training = model.training
     model.eval()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         outs = gen.generate([GenerationRequest(to_messages(s), [s["image"]]) for s in chunk])
         for s, out in zip(chunk, outs):
-            correct.setdefault(s["family"], []).append(check(s, out))
+            text = out if isinstance(out, str) else str(out)
+            correct.setdefault(s["family"], []).append(check(s, text))
+            lengths.append(len(tok(text, add_special_tokens=False)["input_ids"]))
     model.train(was_training)
     per_family = {f: sum(v) / len(v) for f, v in sorted(correct.items())}
     flat = [c for v in correct.values() for c in v]
-    return {"accuracy": sum(flat) / len(flat), "per_family": per_family, "n": len(flat)}
+    return {
+        "accuracy": sum(flat) / len(flat),
+        "per_family": per_family,
+        "n": len(flat),
+        "mean_completion_tokens": sum(lengths) / max(len(lengths), 1),
+    }
 
 
-def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=print):
-    """RL-train a copy of the warm-started model with one algorithm; returns (model, processor, log_history)."""
+def _accuracy_callback(processor, val, cfg: DemoConfig, curve: list):
+    """Validation accuracy every ``eval_every`` optimizer steps (the accuracy-vs-step curves)."""
+    from transformers import TrainerCallback
+
+    class AccuracyCurve(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if cfg.eval_every and state.global_step % cfg.eval_every == 0:
+                acc = evaluate_accuracy(model, processor, val, cfg.eval_batch_size, cfg.max_completion_length)
+                curve.append((state.global_step, acc["accuracy"]))
+
+    return AccuracyCurve()
+
+
+def rl_config(algorithm: str, cfg: DemoConfig, out: Path):
+    """The preset of ``algorithm`` with the demo's scaled-down setup over it (one reward function: the task check)."""
     from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
-    from pgpo.tasks import correctness_reward, to_hf_dataset
-    from pgpo.trainer import PGPOTrainer
-    from pgpo.vlm import load_pgpo_vlm
 
-    model, processor = load_pgpo_vlm(warm_path)
-    if cfg.rl_train not in ("all", "projector"):
-        raise ValueError(f"rl_train must be 'all' or 'projector', got {cfg.rl_train!r}")
-    if cfg.rl_train == "projector":
-        model.model.language_model.requires_grad_(False)
-    model.train()
-    options = dict(ALGORITHM_PRESETS[algorithm])  # the preset, then the demo's own (smaller) setup over it
+    options = dict(ALGORITHM_PRESETS[algorithm])
     options.update(
         output_dir=str(out / algorithm),
         use_cpu=True,
@@ -99,25 +159,75 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        log_visual_dependency=True,  # GRPO's dependency is logged too, for the comparison plots
+        log_visual_dependency=True,  # DAPO's dependency is logged too, for the comparison plots
         log_completions=False,
         disable_tqdm=False,
         reward_weights=None,  # one reward function (the task's checker)
-        mask_truncated_completions=False,
-        dynamic_sampling_fallback="fill",
+        mask_truncated_completions=cfg.mask_truncated_completions,
+        max_sampling_rounds=cfg.max_sampling_rounds,
+        dynamic_sampling_fallback="fill",  # a tiny model's rare all-same batches: filled and counted, not a crash
     )
-    args = PGPOConfig(**options)
+    return PGPOConfig(**options)
+
+
+def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=print) -> dict:
+    """RL-train a copy of the warm-started model with one algorithm; returns the model, its history and curve."""
+    from pgpo.tasks import correctness_reward, to_hf_dataset
+    from pgpo.trainer import PGPOTrainer
+    from pgpo.vlm import load_pgpo_vlm
+
+    model, processor = load_pgpo_vlm(warm_path)
+    if cfg.rl_train == "projector":
+        model.model.language_model.requires_grad_(False)
+    model.train()
+    curve: list[tuple[int, float]] = []
+    val = samples("train", cfg.n_val, cfg, salt=7) if cfg.eval_every else []  # other seeds than the training set
     trainer = PGPOTrainer(
         model=model,
         reward_funcs=correctness_reward,
-        args=args,
-        train_dataset=to_hf_dataset(_samples("train", cfg.n_train, cfg)),
+        args=rl_config(algorithm, cfg, out),
+        train_dataset=to_hf_dataset(samples("train", cfg.n_train, cfg)),
         processing_class=processor,
+        callbacks=[_accuracy_callback(processor, val, cfg, curve)] if cfg.eval_every else None,
     )
     t0 = time.time()
     trainer.train()
-    log(f"{algorithm}: {cfg.rl_steps} RL steps in {time.time() - t0:.0f} s")
-    return trainer.model, processor, trainer.state.log_history
+    seconds = time.time() - t0
+    log(f"{algorithm}: {cfg.rl_steps} RL steps in {seconds:.0f} s")
+    saved = None
+    if cfg.save_models:
+        saved = out / algorithm / "model"
+        trainer.model.save_pretrained(saved)
+        processor.save_pretrained(saved)
+    return {
+        "model": trainer.model,
+        "processor": processor,
+        "history": trainer.state.log_history,
+        "curve": curve,
+        "seconds": seconds,
+        "saved": str(saved) if saved else None,
+    }
+
+
+def gradient_statistics(model, processor, cfg: DemoConfig, out: Path) -> dict:
+    """``pgpo gradvar`` on the demo's training distribution at the model's current parameters."""
+    from pgpo.gradvar import GradVarConfig, build_gradvar_trainer, gradient_variance
+
+    gcfg = GradVarConfig(
+        model="demo-vlm",
+        out=str(out / "gradvar"),
+        batches=cfg.gradvar_batches,
+        prompts_per_batch=cfg.prompts_per_step,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        families=list(cfg.warm.families),
+        image_size=cfg.warm.image_size,
+        seed=cfg.seed,
+        params=cfg.gradvar_params,
+    )
+    trainer = build_gradvar_trainer(gcfg, model, processor)
+    return gradient_variance(trainer, gcfg.batches, params=gcfg.params).to_dict()
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
@@ -126,23 +236,32 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    warm_cfg = replace(cfg.warm, seed=cfg.warm.seed)
-    warm_path = warm_start(warm_cfg, log=log)
-    test = _samples("test", cfg.n_test, cfg)
+    warm_path = warm_start(cfg.warm, log=log)
+    test = samples("test", cfg.n_test, cfg)
 
     from pgpo.vlm import load_pgpo_vlm
 
     model, processor = load_pgpo_vlm(warm_path)
     before = evaluate_accuracy(model, processor, test, cfg.eval_batch_size, cfg.max_completion_length)
     log(f"before RL: held-out accuracy {before['accuracy']:.3f}")
-    results = {"config": _jsonable(asdict(cfg)), "before": before, "runs": {}}
+    results = {"config": _jsonable(asdict(cfg)), "before": before, "runs": {}, "warm_path": str(warm_path)}
+    if cfg.gradvar_batches:
+        results["gradvar_before"] = gradient_statistics(model, processor, cfg, out)
     for algorithm in cfg.algorithms:
-        model, processor, history = train_one(algorithm, warm_path, cfg, out, log)
-        after = evaluate_accuracy(model, processor, test, cfg.eval_batch_size, cfg.max_completion_length)
+        run = train_one(algorithm, warm_path, cfg, out, log)
+        after = evaluate_accuracy(run["model"], processor, test, cfg.eval_batch_size, cfg.max_completion_length)
         log(f"{algorithm}: held-out accuracy {after['accuracy']:.3f}")
-        results["runs"][algorithm] = {"after": after, "history": _clean(history)}
-        if algorithm == "pgpo":
-            results["heatmap_sample"] = _sample_dependency(model, processor, test[0], cfg)
+        results["runs"][algorithm] = {
+            "after": after,
+            "history": _clean(run["history"]),
+            "curve": run["curve"],
+            "seconds": run["seconds"],
+            "saved": run["saved"],
+        }
+        if cfg.gradvar_batches:
+            results["runs"][algorithm]["gradvar"] = gradient_statistics(run["model"], processor, cfg, out)
+        if algorithm.startswith("pgpo") and "heatmap_sample" not in results:
+            results["heatmap_sample"] = _sample_dependency(run["model"], processor, test[0], cfg)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     results["wall_seconds"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -150,11 +269,16 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
 
 def _sample_dependency(model, processor, sample, cfg: DemoConfig) -> dict:
-    """Per-token dependency of the PGPO model's own greedy answer to one held-out question (for the heatmap)."""
+    """S, I and w~ of the PGPO model's own greedy answer to one held-out question (for the heatmap)."""
     from pgpo.inspection import score_tokens
 
     res = score_tokens(
-        model, processor, [sample["image"]], sample_prompt(sample), max_new_tokens=cfg.max_completion_length
+        model,
+        processor,
+        [sample["image"]],
+        sample_prompt(sample),
+        max_new_tokens=cfg.max_completion_length,
+        temperature=cfg.temperature,
     )
     return {"question": sample["question"], "answer": sample["answer"], **_jsonable(asdict(res))}
 
