@@ -182,3 +182,25 @@ def test_grpo_trainer_one_step(tmp_path):
     result = trainer.train()
     assert trainer.state.global_step == 1
     assert math.isfinite(result.training_loss)
+
+
+def test_building_the_parts_never_deletes_what_pgpo_did_not_write(tmp_path, monkeypatch):
+    """$PGPO_CACHE is the cache root: SmolLM2 goes to a subfolder, written atomically; foreign files survive.
+
+    (Before pgpo.paths, the SmolLM2 loader used $PGPO_CACHE as its own folder and removed it before writing, so
+    PGPO_CACHE=~/.cache deleted a user's cache.)
+    """
+    from pgpo.paths import MARKER
+    from pgpo.vlm.parts import load_smollm2, smollm2_cache_dir
+
+    (tmp_path / "notes.txt").write_text("a user's file")
+    (tmp_path / "other-tool").mkdir()
+    (tmp_path / "other-tool" / "weights.bin").write_bytes(b"\0" * 16)
+    monkeypatch.setenv("PGPO_CACHE", str(tmp_path))
+    assert smollm2_cache_dir() == tmp_path / "smollm2-135m-instruct"
+    model, tokenizer = load_smollm2()
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
+    assert (tmp_path / "other-tool" / "weights.bin").stat().st_size == 16
+    assert (smollm2_cache_dir() / "model.safetensors").is_file() and (smollm2_cache_dir() / MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "other-tool", "smollm2-135m-instruct"]
+    assert model.config.hidden_size == 576 and tokenizer.eos_token == "<|im_end|>"

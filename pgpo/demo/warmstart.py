@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pgpo.paths import atomic_folder, warmstart_dir
 from pgpo.tasks import make_split
 from pgpo.tasks.hf import DEFAULT_PROMPT_TEMPLATE, to_messages
 
@@ -43,10 +44,6 @@ class WarmStartConfig:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PGPO_CACHE", Path.home() / ".cache" / "pgpo"))
 
 
 class SFTCollator:
@@ -83,15 +80,15 @@ def warm_start(cfg: WarmStartConfig = WarmStartConfig(), out_dir: str | os.PathL
 
     from pgpo.vlm import load_pgpo_vlm
 
-    out = Path(out_dir) if out_dir else cache_root() / f"warmstart-{cfg.key()}"
-    if (out / "config.json").exists() and (out / "warmstart.json").exists():
+    out = Path(out_dir) if out_dir else warmstart_dir(cfg.key())
+    if _is_complete(out):
         log(f"warm start: cached at {out}")
         return out
     torch.manual_seed(cfg.seed)
     model, processor = load_pgpo_vlm(image_size=cfg.image_size, vision_grid=cfg.vision_grid, seed=cfg.seed)
     samples = make_split("train", cfg.n_samples, seed=cfg.seed + 1000, families=cfg.families, size=cfg.image_size)
     args = TrainingArguments(
-        output_dir=str(out / "_trainer"),
+        output_dir=str(out.with_name(out.name + ".trainer")),
         use_cpu=True,
         per_device_train_batch_size=cfg.batch_size,
         max_steps=cfg.steps,
@@ -114,17 +111,16 @@ def warm_start(cfg: WarmStartConfig = WarmStartConfig(), out_dir: str | os.PathL
         model=model, args=args, train_dataset=samples, data_collator=SFTCollator(processor, cfg.prompt_template)
     )
     result = trainer.train()
-    tmp = out.with_name(out.name + ".tmp")
     model.eval()
     for p in model.model.language_model.parameters():
         p.requires_grad_(True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "warmstart.json").write_text(json.dumps({**asdict(cfg), "train_loss": result.training_loss}, indent=2))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)  # atomic: a crash never leaves a half-written cache that looks complete
+    with atomic_folder(out, is_complete=_is_complete) as tmp:  # a crash never leaves a cache that looks complete
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "warmstart.json").write_text(json.dumps({**asdict(cfg), "train_loss": result.training_loss}, indent=2))
     log(f"warm start: trained {cfg.steps} steps (loss {result.training_loss:.3f}), saved to {out}")
     return out
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "warmstart.json").is_file()
