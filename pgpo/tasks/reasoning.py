@@ -140,6 +140,27 @@ def _clock(sample, scene) -> str:
     return f"The hour hand points at the {hour}."
 
 
+def describe(sample: Mapping[str, Any]) -> str:
+    """A one-sentence description of the whole scene (a caption), whatever the question.
+
+    Shape scenes: "I see a big yellow square, a red circle and a blue triangle." (reading order; "big" for the
+    large shape of ``largest``); ``spatial`` adds positions ("I see a red square at the top left and a blue circle
+    at the bottom."); bar charts rank the bars, clocks say where the hand points.
+    """
+    scene = sample.get("scene")
+    if not scene:
+        raise ValueError(f"this {sample['family']!r} sample has no scene to describe")
+    if "bars" in scene:
+        ranked = [b["label"] for b in sorted(scene["bars"], key=lambda b: -b["height"])]
+        return f"From tallest to shortest the bars are {join(ranked)}."
+    if "hour" in scene:
+        return _clock(sample, scene)
+    objects = reading_order(scene["objects"])
+    if sample["family"] == "spatial":
+        return f"I see {join([f'{_named(o)} {_where(o)}' for o in objects])}."
+    return f"I see {join([_named(o).replace('a ', 'a big ', 1) if o['r'] >= 0.15 else _named(o) for o in objects])}."
+
+
 _TEMPLATES = {
     "count": _count,
     "compare": _compare,
