@@ -111,7 +111,10 @@ def test_tasks_messages_come_from_the_one_builder():
 
     sample = {"question": "How many dots?", "choices": None, "family": "count"}
     text = prompt_text(sample, DEFAULT_PROMPT_TEMPLATE)
-    assert to_messages(sample) == [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+    assert to_messages(sample, system_prompt=None) == [user]
+    system = {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]}
+    assert to_messages(sample) == [system, user]  # the paper's system message by default
 
 
 def test_virl39k_parquet_with_image_folder(virl_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -38,7 +39,7 @@ def _key(sample) -> tuple:
 @pytest.mark.parametrize("family", ALL)
 def test_answers_verify_and_wrong_choices_fail(family):
     for s in generate(family, len(get_family(family).targets()), seed=3, size=64):
-        assert set(s) == {"image", "question", "answer", "family", "choices"}
+        assert set(s) == {"image", "question", "answer", "family", "choices", "scene"}
         assert s["family"] == family
         assert s["answer"] in s["choices"]
         assert check(s, s["answer"]), (s["question"], s["answer"])
@@ -205,17 +206,23 @@ def test_to_hf_dataset_format():
     assert set(ds.column_names) == {"prompt", "image", "answer", "family", "choices"}
     assert len(ds) == 8
     row = ds[0]
-    (msg,) = row["prompt"]
+    system, msg = row["prompt"]
+    assert system["role"] == "system" and system["content"][0]["text"] == "You are a helpful assistant."
     assert msg["role"] == "user"
     assert [p["type"] for p in msg["content"]] == ["image", "text"]
     assert msg["content"][1]["text"] == DEFAULT_PROMPT_TEMPLATE.format(question=samples[0]["question"])
-    assert "single word or number" in msg["content"][1]["text"]
+    assert msg["content"][1]["text"] == (  # the paper's wording
+        f"{samples[0]['question']}\n\nYou first think through the reasoning process as an internal monologue, enclosed "
+        "within <think> </think> tags. Then, provide your final answer enclosed within \\boxed{}."
+    )
+    (only_user,) = to_hf_dataset(samples[:1], system_prompt=None)[0]["prompt"]
+    assert only_user["role"] == "user"
     assert isinstance(row["image"], Image.Image) and row["image"].mode == "RGB" and row["image"].size == (48, 48)
     assert row["answer"] == samples[0]["answer"] and row["family"] == samples[0]["family"]
     assert row["choices"] == samples[0]["choices"]
     assert check(row, row["answer"])
     custom = to_hf_dataset(samples[:2], prompt_template="Q: {question} Options: {choices}.")
-    text = custom[0]["prompt"][0]["content"][1]["text"]
+    text = custom[0]["prompt"][-1]["content"][1]["text"]
     assert text == f"Q: {samples[0]['question']} Options: {', '.join(samples[0]['choices'])}."
 
 
@@ -297,3 +304,80 @@ def test_pictures_match_answers():
     for s in generate("largest", 4, seed=2, size=96):
         biggest = {c: max(_blobs(s["image"], rgb), default=0) for c, rgb in COLOURS.items()}
         assert max(biggest, key=biggest.get) == s["answer"]
+
+
+def _centre(image: Image.Image, rgb, tol: float = 60.0) -> tuple[float, float]:
+    """Centroid (unit coordinates) of the pixels within ``tol`` of ``rgb``."""
+    w, h = image.size
+    px = image.load()
+    pts = [(x, y) for y in range(h) for x in range(w) if sum((a - b) ** 2 for a, b in zip(px[x, y], rgb)) <= tol**2]
+    return sum(x for x, _ in pts) / len(pts) / w, sum(y for _, y in pts) / len(pts) / h
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_taught_completion_is_in_the_paper_format_and_right(family):
+    from pgpo.rewards import has_think_then_box
+    from pgpo.tasks.reasoning import taught_completion
+
+    for s in generate(family, 2 * len(get_family(family).targets()), seed=4, size=64):
+        text = taught_completion(s)
+        assert text.startswith("<think>") and text.endswith(f"</think> \\boxed{{{s['answer']}}}"), text
+        assert has_think_then_box(text)
+        assert check(s, text), text
+        for wrong in s["choices"]:
+            if wrong != s["answer"]:  # the checker reads the last box, not the chain's words
+                assert not check(s, text.replace(f"\\boxed{{{s['answer']}}}", f"\\boxed{{{wrong}}}"))
+
+
+def test_taught_reasoning_states_what_the_image_shows():
+    """The chains' colours, counts, sizes and positions agree with the pixels (not only with the recorded scene)."""
+    from pgpo.tasks.draw import COLOURS, SHAPES
+    from pgpo.tasks.reasoning import reasoning
+
+    def said(text, word):
+        return len(re.findall(rf"\b{word}\b", text))
+
+    for s in generate("count", 12, seed=5, size=96):
+        colour, text = s["question"].split()[2], reasoning(s)
+        n = len(_blobs(s["image"], COLOURS[colour]))
+        assert sum(said(text, shape) for shape in SHAPES) == n == int(s["answer"]), text
+        assert text.endswith(f"so there {'is' if n == 1 else 'are'} {n}."), text
+    for s in generate("compare", 12, seed=5, size=96):
+        a, b = s["choices"]
+        text = reasoning(s)
+        na, nb = len(_blobs(s["image"], COLOURS[a])), len(_blobs(s["image"], COLOURS[b]))
+        assert text.startswith(f"I count {na} {a} shape") and f" and {nb} {b} shape" in text, text
+    for s in generate("largest", 8, seed=5, size=96):
+        biggest = max(COLOURS, key=lambda c: max(_blobs(s["image"], COLOURS[c]), default=0))
+        assert reasoning(s).startswith(f"The big shape is a {biggest} "), reasoning(s)
+    for family in ("exists", "shape"):
+        for s in generate(family, 12, seed=5, size=96):
+            text = reasoning(s)
+            for colour, rgb in COLOURS.items():
+                listed = said(text.split(".")[0].split(", so")[0], colour)  # what was seen, before the verdict
+                assert listed == len(_blobs(s["image"], rgb)), (text, colour)
+    for s in generate("spatial", 12, seed=5, size=96):
+        text = reasoning(s)
+        (subject, reference) = (o["shape"] for o in s["scene"]["objects"])
+        c1, c2 = (_centre(s["image"], COLOURS[o["colour"]]) for o in s["scene"]["objects"])
+        if s["scene"]["objects"][0]["colour"] != s["scene"]["objects"][1]["colour"]:
+            axis = 0 if s["answer"] in ("left", "right") else 1
+            first = c1[axis] < c2[axis]
+            assert first == (s["answer"] in ("left", "above")), (text, c1, c2)
+        assert text.startswith(f"The {subject} is ") and f" and the {reference} is " in text
+    for s in generate("clock", 8, seed=5, size=64):
+        assert f"at the {s['answer']}." in reasoning(s)
+    for s in generate("bars", 8, seed=5, size=64):
+        ranked = [b["label"] for b in sorted(s["scene"]["bars"], key=lambda b: -b["height"])]
+        assert s["answer"] == (ranked[0] if "tallest" in s["question"] else ranked[-1])
+        assert ", ".join(ranked[:-1]) + " and " + ranked[-1] in reasoning(s)
+
+
+def test_reasoning_needs_a_scene():
+    from pgpo.tasks.reasoning import reasoning
+
+    s = generate_one("count", 0, size=32)
+    with pytest.raises(ValueError, match="scene"):
+        reasoning({**s, "scene": {}})
+    with pytest.raises(ValueError, match="template"):
+        reasoning({**s, "family": "easyvqa_color"})

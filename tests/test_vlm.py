@@ -182,3 +182,52 @@ def test_grpo_trainer_one_step(tmp_path):
     result = trainer.train()
     assert trainer.state.global_step == 1
     assert math.isfinite(result.training_loss)
+
+
+def test_building_the_parts_never_deletes_what_pgpo_did_not_write(tmp_path, monkeypatch):
+    """$PGPO_CACHE is the cache root: SmolLM2 goes to a subfolder, written atomically; foreign files survive.
+
+    (Before pgpo.paths, the SmolLM2 loader used $PGPO_CACHE as its own folder and removed it before writing, so
+    PGPO_CACHE=~/.cache deleted a user's cache.)
+    """
+    from pgpo.paths import MARKER
+    from pgpo.vlm.parts import load_smollm2, smollm2_cache_dir
+
+    (tmp_path / "notes.txt").write_text("a user's file")
+    (tmp_path / "other-tool").mkdir()
+    (tmp_path / "other-tool" / "weights.bin").write_bytes(b"\0" * 16)
+    monkeypatch.setenv("PGPO_CACHE", str(tmp_path))
+    assert smollm2_cache_dir() == tmp_path / "smollm2-135m-instruct"
+    model, tokenizer = load_smollm2()
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
+    assert (tmp_path / "other-tool" / "weights.bin").stat().st_size == 16
+    assert (smollm2_cache_dir() / "model.safetensors").is_file() and (smollm2_cache_dir() / MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "other-tool", "smollm2-135m-instruct"]
+    assert model.config.hidden_size == 576 and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_an_earlier_mobilenet_stage_gives_finer_tokens(tmp_path):
+    """vision_blocks=14 stops at MobileNetV2's last stride-16 stage (96 channels): 96 px -> 6x6 -> 3x3 tokens."""
+    import torchvision
+
+    from pgpo.vlm.parts import load_mobilenet_v2_state_dict
+
+    model, processor = load_pgpo_vlm(image_size=96, vision_grid=3, vision_blocks=14, seed=0)
+    cfg = model.config
+    assert (cfg.vision_blocks, cfg.vision_hidden_size, cfg.num_image_tokens) == (14, 96, 9)
+    assert len(model.model.vision_tower.features) == 14 and model.model.projector.norm.normalized_shape == (96,)
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(load_mobilenet_v2_state_dict())
+    pixels = processor.image_processor([RED, BLUE])["pixel_values"]
+    with torch.no_grad():
+        expected = torch.nn.functional.adaptive_avg_pool2d(reference.features[:14].eval()(pixels), 3)
+        torch.testing.assert_close(model.model.vision_tower(pixels), expected.flatten(2).transpose(1, 2))
+    text = processor.apply_chat_template(_messages(), add_generation_prompt=True)
+    batch = processor(images=[[RED]], text=[text], return_tensors="pt")
+    assert int((batch["input_ids"] == cfg.image_token_id).sum()) == 9
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, _ = load_pgpo_vlm(tmp_path)
+    assert loaded.config.vision_blocks == 14 and torch.equal(_logits(loaded, batch), _logits(model, batch))
+    with pytest.raises(ValueError, match="vision_blocks"):
+        type(cfg)(text_config=cfg.text_config.to_dict(), vision_blocks=20)

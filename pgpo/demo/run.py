@@ -276,17 +276,18 @@ def _sample_dependency(model, processor, sample, cfg: DemoConfig) -> dict:
         model,
         processor,
         [sample["image"]],
-        sample_prompt(sample),
+        sample_prompt(sample, cfg),
         max_new_tokens=cfg.max_completion_length,
         temperature=cfg.temperature,
+        system_prompt=cfg.warm.system_prompt,  # the prompt RL trained on
     )
     return {"question": sample["question"], "answer": sample["answer"], **_jsonable(asdict(res))}
 
 
-def sample_prompt(sample) -> str:
-    from pgpo.tasks.hf import prompt_text
+def sample_prompt(sample, cfg: DemoConfig | None = None) -> str:
+    from pgpo.tasks.hf import DEFAULT_PROMPT_TEMPLATE, prompt_text
 
-    return prompt_text(sample)
+    return prompt_text(sample, cfg.warm.prompt_template if cfg else DEFAULT_PROMPT_TEMPLATE)
 
 
 def _clean(history: list[dict]) -> list[dict]:

@@ -128,6 +128,7 @@ def score_tokens(
     temperature: float = 1.0,
     shaping: PGPOShapingConfig | None = None,
     add_end_token: bool = True,
+    system_prompt: str | None = None,
 ) -> TokenDependency:
     """``S``, ``I`` and ``w~`` of every token of the answer to ``prompt_text`` about ``images``.
 
@@ -142,6 +143,7 @@ def score_tokens(
         estimator, text_only_mode: as in training (:func:`pgpo.dependency.score_batch`).
         temperature: the rollouts' sampling temperature (both passes).
         shaping: ``tau`` / ``beta`` / ``eps`` / ``normalize`` of Eqs. 5-7 (default: the paper's).
+        system_prompt: a system message (``None``: the chat template's default), as the policy was prompted.
     """
     shaping = shaping or PGPOShapingConfig()
     if not prompt_text or not prompt_text.strip():
@@ -157,7 +159,9 @@ def score_tokens(
     device, dtype = _model_device_dtype(model)
 
     chat = processor.apply_chat_template(
-        build_messages(prompt_text, len(image_list), "{question}"), add_generation_prompt=True, tokenize=False
+        build_messages(prompt_text, len(image_list), "{question}", system_prompt),
+        add_generation_prompt=True,
+        tokenize=False,
     )
     enc = processor(images=[image_list] if image_list else None, text=[chat], return_tensors="pt")
     enc = _to_device(dict(enc), device, dtype)

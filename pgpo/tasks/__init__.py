@@ -6,6 +6,7 @@ Quick use::
     train = make_split("train", 512, seed=0, size=96)
     ds = to_hf_dataset(train)                       # TRL GRPO format: prompt / image / answer / family / choices
     check(train[0], "\\\\boxed{3}")                    # robust answer matching
+    taught_completion(train[0])                     # "<think>...</think> \\\\boxed{...}" from the sample's scene
 
 Families (see :mod:`pgpo.tasks.families`): count, compare, spatial, bars, clock, largest, shape, exists (+ clock12).
 ``python -m pgpo.tasks`` prints the chance table (text-only predictors vs chance).
@@ -16,15 +17,25 @@ from pgpo.tasks.check import check, completion_text, correctness_reward, final_a
 from pgpo.tasks.easyvqa import EASY_VQA_VOCABULARY, load_easy_vqa
 from pgpo.tasks.families import DEFAULT_FAMILIES, FAMILIES, Family, get_family
 from pgpo.tasks.generate import DEFAULT_SIZE, SPLITS, Sample, generate, generate_one, make_split, split_of_image
-from pgpo.tasks.hf import DEFAULT_INSTRUCTION, DEFAULT_PROMPT_TEMPLATE, to_hf_dataset, to_messages
+from pgpo.tasks.hf import (
+    DEFAULT_INSTRUCTION,
+    DEFAULT_PROMPT_TEMPLATE,
+    DEFAULT_SYSTEM_PROMPT,
+    SHORT_PROMPT_TEMPLATE,
+    to_hf_dataset,
+    to_messages,
+)
+from pgpo.tasks.reasoning import reasoning, taught_completion
 
 __all__ = [
     "DEFAULT_FAMILIES",
     "DEFAULT_INSTRUCTION",
     "DEFAULT_PROMPT_TEMPLATE",
     "DEFAULT_SIZE",
+    "DEFAULT_SYSTEM_PROMPT",
     "EASY_VQA_VOCABULARY",
     "FAMILIES",
+    "SHORT_PROMPT_TEMPLATE",
     "SPLITS",
     "ChanceRow",
     "Family",
@@ -40,7 +51,9 @@ __all__ = [
     "get_family",
     "load_easy_vqa",
     "make_split",
+    "reasoning",
     "split_of_image",
+    "taught_completion",
     "to_hf_dataset",
     "to_messages",
     "words_to_digits",

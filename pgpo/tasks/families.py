@@ -5,7 +5,8 @@ A family is a small object with
 * ``name`` and ``kind`` (``"number"``, ``"word"`` or ``"letter"``: how :func:`pgpo.tasks.check.check` reads answers),
 * ``vocabulary``: every answer the family can give (used by the checker to spot answers that name two options),
 * ``targets()``: the list the generator cycles through in shuffled blocks, so answers come out balanced,
-* ``make(rng, target, size) -> (image, question, answer, choices)``.
+* ``make(rng, target, size) -> (image, question, answer, choices, scene)``: ``scene`` is what was drawn, as plain
+  JSON-able data (see :data:`Scene`), from which :mod:`pgpo.tasks.reasoning` writes a reasoning chain.
 
 The question text never depends on the answer (only on things drawn independently of it), so a text-only model can do
 no better than chance; :func:`pgpo.tasks.chance.chance_report` measures that.
@@ -21,7 +22,11 @@ from PIL import Image
 
 from pgpo.tasks.draw import COLOUR_NAMES, COLOURS, SHAPES, Canvas, grid_positions, light_background
 
-Made = tuple[Image.Image, str, str, list[str]]
+# What a family drew, as plain data: shape scenes give ``{"objects": [{"colour", "shape", "x", "y", "r"}, ...]}``
+# (centres and radii in unit coordinates, in drawing order), bar charts ``{"bars": [{"label", "height"}, ...]}``,
+# clocks ``{"hour": int}``. Recording it takes no random draws, so the images are the same as without it.
+Scene = dict
+Made = tuple[Image.Image, str, str, list[str], Scene]
 
 # Shape radius on the 3x3 grid (fraction of the side) and how far a centre may move inside its cell.
 GRID_R = (0.1, 0.12)
@@ -47,10 +52,18 @@ class Family:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def _scatter(canvas: Canvas, rng: random.Random, items: Sequence[tuple[str, str]]) -> None:
-    """Draw ``(colour, shape)`` items on distinct cells of a 3x3 grid."""
+def _obj(colour: str, shape: str, x: float, y: float, r: float) -> dict:
+    return {"colour": colour, "shape": shape, "x": round(x, 4), "y": round(y, 4), "r": round(r, 4)}
+
+
+def _scatter(canvas: Canvas, rng: random.Random, items: Sequence[tuple[str, str]]) -> Scene:
+    """Draw ``(colour, shape)`` items on distinct cells of a 3x3 grid; returns the scene."""
+    objects = []
     for (colour, shape), (x, y) in zip(items, grid_positions(rng, len(items), 3, GRID_JITTER)):
-        canvas.shape(shape, x, y, rng.uniform(*GRID_R), COLOURS[colour])
+        r = rng.uniform(*GRID_R)
+        canvas.shape(shape, x, y, r, COLOURS[colour])
+        objects.append(_obj(colour, shape, x, y, r))
+    return {"objects": objects}
 
 
 class Count(Family):
@@ -74,8 +87,8 @@ class Count(Family):
         items = [(colour, rng.choice(SHAPES)) for _ in range(n)]
         items += [(rng.choice(others), rng.choice(SHAPES)) for _ in range(n_distract)]
         canvas = Canvas(size, light_background(rng))
-        _scatter(canvas, rng, items)
-        return canvas.image(), f"How many {colour} shapes are there?", str(n), list(self.vocabulary)
+        scene = _scatter(canvas, rng, items)
+        return canvas.image(), f"How many {colour} shapes are there?", str(n), list(self.vocabulary), scene
 
 
 class Compare(Family):
@@ -99,9 +112,9 @@ class Compare(Family):
         items += [(loser, rng.choice(SHAPES)) for _ in range(n_lose)]
         items += [(third, rng.choice(SHAPES)) for _ in range(rng.randint(0, 1))]
         canvas = Canvas(size, light_background(rng))
-        _scatter(canvas, rng, items)
+        scene = _scatter(canvas, rng, items)
         a, b = (winner, loser) if winner_first else (loser, winner)
-        return canvas.image(), f"Are there more {a} or {b} shapes?", winner, [a, b]
+        return canvas.image(), f"Are there more {a} or {b} shapes?", winner, [a, b], scene
 
 
 class Spatial(Family):
@@ -131,11 +144,15 @@ class Spatial(Family):
         s_xy = (s_main, s_other) if axis == "x" else (s_other, s_main)
         r_xy = (r_main, r_other) if axis == "x" else (r_other, r_main)
         canvas = Canvas(size, light_background(rng))
+        objects = []
         for shape, (x, y) in ((subject, s_xy), (reference, r_xy)):
-            canvas.shape(shape, x, y, rng.uniform(*self.radius), COLOURS[rng.choice(COLOUR_NAMES)])
+            r, colour = rng.uniform(*self.radius), rng.choice(COLOUR_NAMES)
+            canvas.shape(shape, x, y, r, COLOURS[colour])
+            objects.append(_obj(colour, shape, x, y, r))
         first, second = self.AXES[axis]
         relation = f"{first} or {second} of" if axis == "x" else f"{first} or {second}"
-        return canvas.image(), f"Is the {subject} {relation} the {reference}?", answer, [first, second]
+        question = f"Is the {subject} {relation} the {reference}?"
+        return canvas.image(), question, answer, [first, second], {"objects": objects}
 
 
 class Bars(Family):
@@ -175,7 +192,8 @@ class Bars(Family):
             canvas.rect(x0, base - h, x0 + 0.7 * slot, base, fill=colour)
             canvas.text(x0 + 0.35 * slot, 0.9, self.vocabulary[i], 0.16)
         canvas.line(left, base, right, base, (40, 40, 40), 1.0)
-        return canvas.image(), f"Which bar is the {which}?", letter, list(self.vocabulary)
+        scene = {"bars": [{"label": self.vocabulary[i], "height": round(h, 4)} for i, h in enumerate(heights)]}
+        return canvas.image(), f"Which bar is the {which}?", letter, list(self.vocabulary), scene
 
 
 class Clock(Family):
@@ -209,7 +227,7 @@ class Clock(Family):
         length = rng.uniform(0.55, 0.65) * r
         canvas.line(cx, cy, cx + length * math.sin(a), cy - length * math.cos(a), hand, 3.0)
         canvas.circle(cx, cy, 0.08 * r, fill=ink)
-        return canvas.image(), "What hour does the clock show?", str(hour), list(self.vocabulary)
+        return canvas.image(), "What hour does the clock show?", str(hour), list(self.vocabulary), {"hour": hour}
 
 
 class Largest(Family):
@@ -223,10 +241,14 @@ class Largest(Family):
         colours = [target] + rng.sample([c for c in COLOUR_NAMES if c != target], 2)
         canvas = Canvas(size, light_background(rng))
         positions = grid_positions(rng, 3, 2, 0.05)  # 2x2 grid: cells of 0.5, room for a big shape
+        objects = []
         for i, (colour, (x, y)) in enumerate(zip(colours, positions)):
             r = rng.uniform(0.17, 0.2) if i == 0 else rng.uniform(0.07, 0.1)
-            canvas.shape(rng.choice(SHAPES), x, y, r, COLOURS[colour])
-        return canvas.image(), "What colour is the largest shape?", target, list(self.vocabulary)
+            shape = rng.choice(SHAPES)
+            canvas.shape(shape, x, y, r, COLOURS[colour])
+            objects.append(_obj(colour, shape, x, y, r))
+        question = "What colour is the largest shape?"
+        return canvas.image(), question, target, list(self.vocabulary), {"objects": objects}
 
 
 class ShapeOf(Family):
@@ -240,9 +262,9 @@ class ShapeOf(Family):
         colours = rng.sample(COLOUR_NAMES, len(SHAPES))
         items = list(zip(colours, SHAPES))
         canvas = Canvas(size, light_background(rng))
-        _scatter(canvas, rng, items)
+        scene = _scatter(canvas, rng, items)
         asked = colours[SHAPES.index(target)]
-        return canvas.image(), f"Which shape is {asked}?", target, list(self.vocabulary)
+        return canvas.image(), f"Which shape is {asked}?", target, list(self.vocabulary), scene
 
 
 class Exists(Family):
@@ -260,8 +282,8 @@ class Exists(Family):
         if target == "yes":
             items[rng.randrange(n)] = (colour, shape)
         canvas = Canvas(size, light_background(rng))
-        _scatter(canvas, rng, items)
-        return canvas.image(), f"Is there a {colour} {shape}?", target, list(self.vocabulary)
+        scene = _scatter(canvas, rng, items)
+        return canvas.image(), f"Is there a {colour} {shape}?", target, list(self.vocabulary), scene
 
 
 # The registry. ``DEFAULT_FAMILIES`` is what make_split uses unless told otherwise.

@@ -23,14 +23,16 @@ DEFAULT_SIZE = 96
 MAX_REDRAWS = 200
 
 
-class Sample(TypedDict):
-    """One task instance."""
+class Sample(TypedDict, total=False):
+    """One task instance. ``scene`` (what was drawn, see :data:`pgpo.tasks.families.Scene`) is absent for samples
+    that do not come from a family's ``make`` (e.g. easy-VQA)."""
 
     image: Image.Image
     question: str
     answer: str
     family: str
     choices: list[str] | None
+    scene: dict
 
 
 def image_digest(image: Image.Image) -> str:
@@ -64,9 +66,11 @@ def generate_one(family: str | Family, index: int, seed: int = 0, size: int = DE
     target = targets[order[pos]]
     rng = _rng(fam.name, stream, seed, "sample", index)
     for _ in range(MAX_REDRAWS):
-        image, question, answer, choices = fam.make(rng, target, size)
+        made = fam.make(rng, target, size)
+        image, question, answer, choices = made[:4]
+        scene = made[4] if len(made) > 4 else {}  # a family written before scenes existed returns 4 items
         if split is None or split_of_image(image) == split:
-            return Sample(image=image, question=question, answer=answer, family=fam.name, choices=choices)
+            return Sample(image=image, question=question, answer=answer, family=fam.name, choices=choices, scene=scene)
     raise RuntimeError(f"{fam.name}: no {split} image in {MAX_REDRAWS} draws (too little variation?)")
 
 

@@ -7,10 +7,15 @@ from typing import Any
 
 import datasets
 
-from pgpo.data import build_messages
+from pgpo.data import PAPER_INSTRUCTION, PAPER_PROMPT_TEMPLATE, PAPER_SYSTEM_PROMPT, build_messages
 
-DEFAULT_INSTRUCTION = "Answer with a single word or number."
-DEFAULT_PROMPT_TEMPLATE = "{question} " + DEFAULT_INSTRUCTION
+# The paper's prompt (PGPO, arXiv 2604.01840; pgpo.data): think in <think> </think>, then answer in \boxed{}.
+DEFAULT_INSTRUCTION = PAPER_INSTRUCTION
+DEFAULT_PROMPT_TEMPLATE = PAPER_PROMPT_TEMPLATE  # a str.format template: the instruction's braces are escaped
+DEFAULT_SYSTEM_PROMPT = PAPER_SYSTEM_PROMPT
+# A one-word answer without reasoning (what pgpo.tasks asked before the paper's format).
+SHORT_INSTRUCTION = "Answer with a single word or number."
+SHORT_PROMPT_TEMPLATE = "{question} " + SHORT_INSTRUCTION
 
 FEATURES = datasets.Features(
     {
@@ -34,13 +39,20 @@ def prompt_text(sample: Mapping[str, Any], prompt_template: str = DEFAULT_PROMPT
     return prompt_template.format(question=sample["question"], choices=", ".join(choices), family=sample["family"])
 
 
-def to_messages(sample: Mapping[str, Any], prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> list[dict[str, Any]]:
-    """``[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ...}]}]`` (:func:`pgpo.data.build_messages`)."""
-    return build_messages(prompt_text(sample, prompt_template), 1, "{question}")
+def to_messages(
+    sample: Mapping[str, Any],
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+) -> list[dict[str, Any]]:
+    """``[{"role": "system", ...}, {"role": "user", "content": [{"type": "image"}, {"type": "text", ...}]}]``
+    (:func:`pgpo.data.build_messages`); the system message is left out when ``system_prompt`` is None."""
+    return build_messages(prompt_text(sample, prompt_template), 1, "{question}", system_prompt)
 
 
 def to_hf_dataset(
-    samples: Iterable[Mapping[str, Any]], prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    samples: Iterable[Mapping[str, Any]],
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
 ) -> datasets.Dataset:
     """Columns ``prompt`` (conversational, one image placeholder), ``image`` (PIL), ``answer``, ``family``, ``choices``.
 
@@ -49,7 +61,7 @@ def to_hf_dataset(
     """
     rows: dict[str, list[Any]] = {name: [] for name in FEATURES}
     for s in samples:
-        rows["prompt"].append(to_messages(s, prompt_template))
+        rows["prompt"].append(to_messages(s, prompt_template, system_prompt))
         rows["image"].append(s["image"])
         rows["answer"].append(s["answer"])
         rows["family"].append(s["family"])

@@ -21,7 +21,11 @@ def _grow_embeddings(weight: torch.Tensor, n_new: int, seed: int) -> torch.Tenso
 
 
 def build_pgpo_vlm(
-    image_size: int = 64, vision_grid: int = 2, seed: int = 0, cache_dir: str | os.PathLike | None = None
+    image_size: int = 64,
+    vision_grid: int = 2,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    vision_blocks: int = 19,
 ) -> tuple[PGPOVLMForConditionalGeneration, PGPOVLMProcessor]:
     """A new VLM from the shipped parts: ImageNet MobileNetV2 (frozen), a fresh projector (seeded), SmolLM2-135M."""
     from transformers.initialization import no_init_weights
@@ -41,6 +45,7 @@ def build_pgpo_vlm(
         text_config=text_config,
         image_size=image_size,
         vision_grid=vision_grid,
+        vision_blocks=vision_blocks,
         image_token_id=processor.image_token_id,
         vision_start_token_id=processor.vision_start_token_id,
         vision_end_token_id=processor.vision_end_token_id,
@@ -57,7 +62,7 @@ def build_pgpo_vlm(
     embed_key = "model.language_model.embed_tokens.weight"
     state[embed_key] = _grow_embeddings(state[embed_key], vocab_size - state[embed_key].shape[0], seed)
     for key, value in load_mobilenet_v2_state_dict().items():
-        if key.startswith("features."):
+        if key.startswith("features.") and int(key.split(".")[1]) < vision_blocks:
             state[f"model.vision_tower.{key}"] = value
     projector, gen = model.model.projector, torch.Generator().manual_seed(seed)
     for module in (projector.fc1, projector.fc2):
@@ -82,16 +87,21 @@ def load_pgpo_vlm(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
+    vision_blocks: int = 19,
 ) -> tuple[PGPOVLMForConditionalGeneration, PGPOVLMProcessor]:
     """``(model, processor)``: a saved folder when ``path`` is given, else built from the shipped parts.
 
     Building dequantises SmolLM2's GGUF the first time (~15 s) and caches it (see
     :func:`pgpo.vlm.parts.smollm2_cache_dir`); later builds take a couple of seconds. ``image_size`` (pixels) and
-    ``vision_grid`` (``vision_grid**2`` image tokens) only apply when building; ``seed`` seeds the new projector.
+    ``vision_grid`` (``vision_grid**2`` image tokens) and ``vision_blocks`` (how much of MobileNetV2 runs, see
+    :class:`~pgpo.vlm.configuration.PGPOVLMConfig`) only apply when building; ``seed`` seeds the new projector.
+    ``cache_dir`` is the folder of the dequantised SmolLM2 (default :func:`pgpo.paths.smollm2_dir`).
     """
     if path is not None:
         model = PGPOVLMForConditionalGeneration.from_pretrained(str(Path(path)), dtype=dtype)
         processor = PGPOVLMProcessor.from_pretrained(str(Path(path)))
         return model.eval(), processor
-    model, processor = build_pgpo_vlm(image_size=image_size, vision_grid=vision_grid, seed=seed, cache_dir=cache_dir)
+    model, processor = build_pgpo_vlm(
+        image_size=image_size, vision_grid=vision_grid, seed=seed, cache_dir=cache_dir, vision_blocks=vision_blocks
+    )
     return model.to(dtype), processor

@@ -24,9 +24,10 @@ from .configuration import PGPOVLMConfig
 
 
 class PGPOVisionTower(nn.Module):
-    """MobileNetV2's convolutional trunk (``torchvision.models.mobilenet_v2().features``) + adaptive average pooling.
+    """MobileNetV2's convolutional trunk (the first ``vision_blocks`` blocks of ``mobilenet_v2().features``) + adaptive
+    average pooling.
 
-    Returns ``[N, vision_grid**2, 1280]`` features, cells in row-major order. When ``frozen`` the parameters get no
+    Returns ``[N, vision_grid**2, vision_hidden_size]`` features, cells in row-major order. When ``frozen`` the parameters get no
     gradient and the module stays in eval mode even under ``model.train()`` (BatchNorm uses ImageNet statistics).
     """
 
@@ -34,7 +35,7 @@ class PGPOVisionTower(nn.Module):
         super().__init__()
         import torchvision
 
-        self.features = torchvision.models.mobilenet_v2().features
+        self.features = torchvision.models.mobilenet_v2().features[: config.vision_blocks]
         self.pool = nn.AdaptiveAvgPool2d(config.vision_grid)
         self.frozen = config.freeze_vision
         self.apply_freeze()
@@ -61,7 +62,7 @@ class PGPOVisionTower(nn.Module):
 
 
 class PGPOProjector(nn.Module):
-    """LayerNorm + 2-layer GELU MLP from the 1280 MobileNetV2 channels to the text hidden size (trainable)."""
+    """LayerNorm + 2-layer GELU MLP from the MobileNetV2 channels to the text hidden size (trainable)."""
 
     def __init__(self, config: PGPOVLMConfig):
         super().__init__()

