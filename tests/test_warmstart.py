@@ -13,6 +13,7 @@ from pgpo.demo.warmstart import (  # noqa: E402
     MAX_NEW_TOKENS,
     SFTCollator,
     WarmStartConfig,
+    evaluate_warm_start,
     taught,
     warm_start,
 )
@@ -80,6 +81,17 @@ def test_collator_teaches_the_completion_in_the_configured_format(vlm):
             assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>") and f"Q: {s['question']}" in prompt
             assert int((batch["input_ids"][i] == processor.image_token_id).sum()) == 4
     assert "</think>" not in processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100])
+
+
+def test_evaluate_warm_start_reports_greedy_and_sampled_accuracy(vlm):
+    model, processor = vlm
+    samples = make_split("test", 3, seed=0, families=("count", "exists"), size=64)
+    res = evaluate_warm_start(model, processor, samples, WarmStartConfig(), k=2, n_sampled=2, max_new_tokens=4)
+    assert (res["n"], res["k"], res["n_sampled"]) == (3, 2, 2)
+    assert set(res["per_family"]) == {"count", "exists"} and len(res["examples"]) == 3
+    for key in ("accuracy", "chance", "format_ok", "sampled_accuracy", "pass_at_k", "spread"):
+        assert 0.0 <= res[key] <= 1.0, key
+    assert 0 < res["completion_tokens"] <= 4
 
 
 def test_lora_merge_keeps_the_function(vlm):

@@ -369,7 +369,7 @@ def evaluate_warm_start(
     right and some wrong: a group with reward spread) and their per-family values. With ``captions``, also
     ``caption_exact``: greedy captions (``cfg.caption_prompt``) equal to the true scene description, per family.
     """
-    from pgpo.evaluate import GenerationRequest, HFGenerator
+    from pgpo.eval.generation import GenerationRequest, HFGenerator
     from pgpo.rewards import has_think_then_box
 
     tok = processor.tokenizer
