@@ -14,6 +14,7 @@ from pgpo.demo.warmstart import (  # noqa: E402
     SFTCollator,
     WarmStartConfig,
     evaluate_warm_start,
+    main,
     taught,
     warm_start,
 )
@@ -141,3 +142,33 @@ def test_warm_start_is_cached_by_its_settings(tmp_path, monkeypatch):
     assert warm_start(cfg, log=again.append) == path
     assert any("cached" in m for m in again) and (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folders left
+    # python -m pgpo.demo.warmstart with the same settings (kebab-case flags too) reuses it, then measures it.
+    argv = ["--n_samples", "4", "--steps", "1", "--batch-size", "2", "--train", "lora", "--lora_rank", "2"]
+    argv += ["--families", "count,clock", "--align-samples", "8", "--n_eval", "2", "--n_sampled", "1", "--k", "2"]
+    res = main([*argv, "--json", str(tmp_path / "measured.json")])
+    assert res["path"] == str(path) and res["n"] == 2 and res["n_sampled"] == 1 and res["split"] == "val"
+    assert json.loads((tmp_path / "measured.json").read_text())["warm_start"]["final_loss"] == saved["final_loss"]
+
+
+def test_warm_start_flags_are_its_fields():
+    """python -m pgpo.demo.warmstart exposes every WarmStartConfig field (its prompts aside) with the same default;
+    snake_case or kebab-case flags, families as a comma or a space list."""
+    from pgpo.commands.parsing import parse_config
+    from pgpo.demo.warmstart import WarmStartEvalConfig
+
+    hidden = {"prompt_template", "system_prompt", "answer_format"}
+    exposed = {f.name for f in dataclasses.fields(WarmStartEvalConfig)}
+    assert {f.name for f in dataclasses.fields(WarmStartConfig)} - hidden <= exposed
+    assert parse_config(WarmStartEvalConfig, [], "warmstart").warm_start_config() == WarmStartConfig()
+    expected = dataclasses.replace(
+        WarmStartConfig(), vision_blocks=14, image_size=96, train="lora", steps=60, families=("count", "clock")
+    )
+    for families in (["count,clock"], ["count", "clock"]):
+        argv = ["--vision-blocks", "14", "--image_size", "96", "--train", "lora", "--steps", "60", "--families"]
+        cfg = parse_config(WarmStartEvalConfig, [*argv, *families, "--n-eval", "96"], "warmstart")
+        assert cfg.warm_start_config() == expected and cfg.warm_start_config().key() == expected.key()
+        assert cfg.n_eval == 96
+    with pytest.raises(SystemExit):
+        parse_config(WarmStartEvalConfig, ["--train", "everything"], "warmstart")
+    with pytest.raises(SystemExit):
+        parse_config(WarmStartEvalConfig, ["--families", "count,nope"], "warmstart")

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     from pgpo.tasks.table import TasksConfig, save_examples
 
     cfg = parse_config(TasksConfig, argv, "pgpo tasks", repeatable=("--families",))
-    families = cfg.family_names()
+    families = tuple(cfg.families)
     if cfg.save_examples:
         save_examples(cfg.save_examples, families, cfg.size, cfg.seed)
     t0 = time.perf_counter()

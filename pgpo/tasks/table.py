@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgpo.tasks.families import DEFAULT_FAMILIES, FAMILIES
+from pgpo.tasks.families import DEFAULT_FAMILIES, FAMILIES, family_names
 from pgpo.tasks.generate import DEFAULT_SIZE, generate
 
 
@@ -30,20 +30,10 @@ class TasksConfig:
     )
 
     def __post_init__(self):
-        names = self.family_names()
-        unknown = [f for f in names if f not in FAMILIES]
-        if unknown:
-            raise ValueError(f"--families: unknown {unknown}; choose from {tuple(FAMILIES)} or 'all'")
-        if not names:
-            raise ValueError("--families: no family given")
+        self.families = list(family_names(self.families))
         for name in ("n_train", "n_test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-
-    def family_names(self) -> tuple[str, ...]:
-        """The families as names (``["count,clock"]`` and ``["count", "clock"]`` alike; ``all``: every family)."""
-        names = tuple(x.strip() for value in self.families for x in value.split(",") if x.strip())
-        return tuple(FAMILIES) if names == ("all",) else names
 
 
 def save_examples(
