@@ -150,6 +150,19 @@ def test_warm_start_is_cached_by_its_settings(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "measured.json").read_text())["warm_start"]["final_loss"] == saved["final_loss"]
 
 
+def test_the_held_out_split_is_the_demos_test_split_whatever_the_seed():
+    from pgpo.demo.run import DemoConfig, samples
+    from pgpo.demo.warmstart import held_out_split, validation_split
+    from pgpo.tasks.generate import image_digest
+
+    def keys(split):
+        return [(image_digest(s["image"]), s["question"]) for s in split]
+
+    held_out = keys(held_out_split(6, WarmStartConfig()))
+    assert keys(samples("test", 6, DemoConfig(seed=0))) == held_out == keys(samples("test", 6, DemoConfig(seed=3)))
+    assert not set(held_out) & set(keys(validation_split(6, WarmStartConfig())))
+
+
 def test_warm_start_flags_are_its_fields():
     """python -m pgpo.demo.warmstart exposes every WarmStartConfig field (its prompts aside) with the same default;
     snake_case or kebab-case flags, families as a comma or a space list."""
