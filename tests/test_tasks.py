@@ -416,6 +416,18 @@ def test_pgpo_tasks_prints_the_chance_table_and_saves_examples(tmp_path, capsys)
     assert _chance_table(capsys.readouterr().out) == _chance_table(out)
 
 
+def test_python_m_pgpo_tasks_is_pgpo_tasks():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "pgpo.tasks", "--help"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("usage: pgpo tasks") and "--n_train" in out
+
+
 def test_pgpo_tasks_refuses_an_unknown_family(capsys):
     from pgpo.commands.tasks import main
 
