@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("pgpo.commands.inspect", "S, I and w~ of each token of one answer, as HTML + PNG"),
     "gradvar": ("pgpo.commands.gradvar", "policy-gradient variance at fixed parameters: DAPO vs PGPO, same rollouts"),
     "bench": ("pgpo.commands.bench", "measure PGPO's cost over DAPO / GRPO (time and memory ratios)"),
+    "tasks": (
+        "pgpo.commands.tasks",
+        "the chance table of the visual tasks: text-only predictors vs chance, per family",
+    ),
     "make-tiny": ("pgpo.commands.make_tiny", "save the tiny random Qwen2.5-VL (real tokenizer) to a folder"),
 }
 

@@ -67,6 +67,7 @@ PROMPT_TEMPLATES = {"paper": PAPER_PROMPT_TEMPLATE, "easyr1": EASYR1_PROMPT_TEMP
 
 QUESTION_COLUMNS = ("question", "problem")
 IMAGE_COLUMNS = ("images", "image")
+"""The image columns, in TRL's order: a row's images are its ``images`` list if it has that column, else ``[image]``."""
 ID_COLUMNS = ("qid", "id")
 _PLACEHOLDER_RE = re.compile(r"<\s*image[\s_]*\d*\s*>", re.IGNORECASE)
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")

@@ -149,7 +149,10 @@ class GradVarConfig:
     max_completion_length: int = field(default=64, metadata={"help": "completion tokens at most"})
     temperature: float = field(default=1.0, metadata={"help": "rollout temperature"})
     dataset: str = field(default="tasks", metadata={"help": "prompts: 'tasks' (pgpo's visual tasks) or a data file"})
-    families: list[str] = field(default_factory=list, metadata={"help": "task families (default: the demo's)"})
+    families: list[str] = field(
+        default_factory=list,
+        metadata={"help": "task families, comma- or space-separated (default: pgpo.tasks' DEFAULT_FAMILIES)"},
+    )
     image_size: int = field(default=0, metadata={"help": "task image size (default: the model's)"})
     reward_funcs: list[str] = field(default_factory=lambda: ["tasks"], metadata={"help": "reward functions by name"})
     params: str = field(default="trainable", metadata={"help": "'trainable' or comma-separated name substrings"})
@@ -166,6 +169,10 @@ class GradVarConfig:
         if not self.temperature > 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         PGPOShapingConfig(tau=self.tau, beta=self.beta)
+        if self.families:
+            from pgpo.tasks.families import family_names
+
+            self.families = list(family_names(self.families))
 
 
 def build_gradvar_trainer(cfg: GradVarConfig, model=None, processor=None):

@@ -44,6 +44,7 @@ from trl.models.utils import disable_gradient_checkpointing
 
 from pgpo import checkpoint as ckpt
 from pgpo.config import PGPOConfig
+from pgpo.data import image_values
 from pgpo.dependency import score_batch
 from pgpo.loss_terms import LossContext, get_loss_term
 from pgpo.sampling import DynamicSampler, RefillStream, check_layout
@@ -337,7 +338,7 @@ class PGPOTrainer(GRPOTrainer):
             raise ValueError("papo loss terms need a multimodal batch and a processor with an image_processor")
         masked = []
         for i, row in enumerate(rows):
-            images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+            images = image_values(row) or []  # TRL's order: "images" if the row has it, else [image]
             gen = self._generator(1, i // self.num_generations)  # the same mask for the G rollouts of a prompt
             masked += [blacken_image(img, self.args.papo_mask_prob, gen) for img in images]
         processed = image_processor(images=masked, return_tensors="pt")

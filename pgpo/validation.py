@@ -30,9 +30,10 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from pgpo.data import IMAGE_COLUMNS
+
 logger = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ("image", "images")
 CHECK_BATCH = 256  # rows whose images are decoded together (bounds the memory the check holds)
 CHECK_THREADS = min(8, os.cpu_count() or 1)
 # Special tokens whose text names them as visual: <|vision_start|>, <|image_pad|>, <image>, <start_of_image>, <IMG_CONTEXT>
@@ -226,7 +227,7 @@ class _ProcessorRules:
 def _scan(dataset, check_images: bool, rules: _ProcessorRules | None, decode: bool, structure: bool) -> None:
     """One pass over the rows, :data:`CHECK_BATCH` at a time; raises for the first bad row (in row order)."""
     raws = {c: raw.select_columns([c]) for c, raw in _raw_image_columns(dataset).items()}
-    column = "images" if "images" in raws else ("image" if "image" in raws else None)  # TRL's order
+    column = next((c for c in IMAGE_COLUMNS if c in raws), None)  # TRL's order: "images" wins over "image"
     prompt_rows = dataset.select_columns(["prompt"])
     pool = ThreadPoolExecutor(CHECK_THREADS) if check_images and raws else None
     try:

@@ -17,6 +17,7 @@ from pgpo.data import (
     PAPER_SYSTEM_PROMPT,
     build_messages,
     format_prompt,
+    image_values,
     load_rlvr_dataset,
     records_to_dataset,
     resolve_prompt_template,
@@ -246,3 +247,11 @@ def test_several_splits_need_a_choice(tmp_path):
 def test_missing_path_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_rlvr_dataset(tmp_path / "nope.parquet")
+
+
+def test_image_values_reads_images_before_image_as_trl_does():
+    red, blue = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
+    assert image_values({"images": [red, None], "image": blue}) == [red]
+    assert image_values({"images": None, "image": blue}) == []  # the column is there: TRL reads it, empty
+    assert image_values({"image": blue}) == [blue] and image_values({"image": None}) == []
+    assert image_values({"prompt": "q"}) is None

@@ -29,6 +29,9 @@ def test_config_checks():
         GradVarConfig(model="tiny-qwen", batches=1)
     with pytest.raises(ValueError, match="pgpo_tau"):
         GradVarConfig(model="tiny-qwen", tau=2.0)
+    with pytest.raises(ValueError, match="unknown"):
+        GradVarConfig(model="tiny-qwen", families=["count,nope"])
+    assert GradVarConfig(model="tiny-qwen", families=["count,clock"]).families == ["count", "clock"]
 
 
 def _run(tmp_path, shaping):

@@ -288,6 +288,16 @@ def test_text_only_rows_pass_the_placeholder_check(processor):
     validate_dataset(records_to_dataset(records, text_only="keep"), processor=processor)
 
 
+def test_images_wins_over_image_as_in_trl(processor):
+    """With both columns a row's images are its ``images`` (TRL's order, pgpo.data.IMAGE_COLUMNS): the check counts
+    those against the placeholders and never reads ``image``."""
+    rows = {"prompt": [PROMPT, PROMPT], "images": [[png()], [png()]], "image": [None, Image.new("RGB", (2, 402))]}
+    validate_dataset(Dataset.from_dict(rows), processor=processor)
+    rows["images"] = [[png()], []]
+    with pytest.raises(ValueError, match=r"row 1: 0 image\(s\) in images but 1 image placeholder"):
+        validate_dataset(Dataset.from_dict(rows), processor=processor)
+
+
 def test_placeholders_without_an_image_column_and_empty_image_entries_name_the_row():
     with pytest.raises(ValueError, match=r"row 0: 0 image\(s\) in the row but 1 image placeholder\(s\)"):
         validate_dataset(Dataset.from_dict({"prompt": [PROMPT]}))

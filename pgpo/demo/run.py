@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pgpo.demo.warmstart import WarmStartConfig, warm_start
+from pgpo.demo.warmstart import WarmStartConfig, held_out_split, warm_start
 
 RL_TRAIN = ("all", "projector")
 
@@ -90,7 +90,9 @@ def samples(split: str, n: int, cfg: DemoConfig, salt: int = 0):
     """``n`` task samples of the demo's families; the test split is the same for every seed, the others are not."""
     from pgpo.tasks import make_split
 
-    offset = 0 if split == "test" else 1000 * (cfg.seed + 1) + salt
+    if split == "test":
+        return held_out_split(n, cfg.warm)
+    offset = 1000 * (cfg.seed + 1) + salt
     return make_split(split, n, seed=offset, families=cfg.warm.families, size=cfg.warm.image_size)
 
 

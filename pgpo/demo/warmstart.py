@@ -19,20 +19,21 @@ are neither all right nor all wrong).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from pgpo.paths import atomic_folder, warmstart_dir
 from pgpo.tasks import check, make_split
 from pgpo.tasks.draw import COLOUR_NAMES, SHAPES
+from pgpo.tasks.families import family_names
 from pgpo.tasks.hf import DEFAULT_PROMPT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, to_messages
 from pgpo.tasks.reasoning import COMPLETION_FORMAT, describe, reasoning
 
@@ -43,9 +44,10 @@ TRAIN_MODES = ("projector", "lora", "lm")
 MAX_NEW_TOKENS = 48
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Seeds of the sample streams: warm-start training uses seed + TRAIN_SEED_OFFSET ("train" images); settings are
-# chosen on VALIDATION_SEED ("test" images, another seed stream than the demo's held-out test split, seed 0).
+# chosen on VALIDATION_SEED ("test" images, another seed stream than the demo's held-out test split, TEST_SEED).
 TRAIN_SEED_OFFSET = 1000
 VALIDATION_SEED = 7
+TEST_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -444,36 +446,94 @@ def validation_split(n: int, cfg: WarmStartConfig, seed: int = VALIDATION_SEED):
     return make_split("test", n, seed=seed, families=cfg.families, size=cfg.image_size)
 
 
+def held_out_split(n: int, cfg: WarmStartConfig):
+    """The demo's held-out test questions: "test" images, seed :data:`TEST_SEED` whatever the run's seed (reported
+    once per final setting, never used to choose one)."""
+    return make_split("test", n, seed=TEST_SEED, families=cfg.families, size=cfg.image_size)
+
+
+@dataclass
+class WarmStartEvalConfig:
+    """Options of ``python -m pgpo.demo.warmstart``: train (or reuse) a warm start, then measure it.
+
+    The first fields are :class:`WarmStartConfig`'s (its prompts and answer format aside), with its defaults."""
+
+    n_samples: int = field(default=WarmStartConfig.n_samples, metadata={"help": "training questions"})
+    steps: int = field(default=WarmStartConfig.steps, metadata={"help": "supervised steps on the task questions"})
+    batch_size: int = field(default=WarmStartConfig.batch_size, metadata={"help": "questions per step"})
+    learning_rate: float = field(default=WarmStartConfig.learning_rate, metadata={"help": "the projector's"})
+    lm_learning_rate: float = field(
+        default=WarmStartConfig.lm_learning_rate,
+        metadata={"help": "LoRA adapters (--train lora) or LM weights (--train lm); unused with projector"},
+    )
+    seed: int = field(default=WarmStartConfig.seed, metadata={"help": "seed of the model, data and sampling"})
+    image_size: int = field(default=WarmStartConfig.image_size, metadata={"help": "image side in pixels"})
+    vision_grid: int = field(default=WarmStartConfig.vision_grid, metadata={"help": "image tokens per side"})
+    vision_blocks: int = field(
+        default=WarmStartConfig.vision_blocks,
+        metadata={"help": "MobileNetV2 blocks that run (19: all, 1280 channels, stride 32)"},
+    )
+    families: list[str] = field(
+        default_factory=lambda: list(DEMO_FAMILIES),
+        metadata={"help": "task families, comma- or space-separated; 'all' for every family"},
+    )
+    train: Literal["projector", "lora", "lm"] = field(
+        default=WarmStartConfig.train,
+        metadata={"help": "what trains: the projector, + LoRA on the LM (merged before saving), + the whole LM"},
+    )
+    lora_rank: int = field(default=WarmStartConfig.lora_rank, metadata={"help": "unused unless --train lora"})
+    align_samples: int = field(
+        default=WarmStartConfig.align_samples,
+        metadata={"help": "lexical alignment of the projector on this many scenes first (0: off)"},
+    )
+    align_epochs: int = field(default=WarmStartConfig.align_epochs, metadata={"help": "epochs of that alignment"})
+    caption_steps: int = field(
+        default=WarmStartConfig.caption_steps, metadata={"help": "captioning steps before the task steps (0: none)"}
+    )
+    caption_prompt: str = field(
+        default=WarmStartConfig.caption_prompt, metadata={"help": "the user text of the captioning steps"}
+    )
+    eval_split: Literal["val", "test"] = field(
+        default="val",
+        metadata={"help": "val: the validation stream, to choose settings on; test: the demo's held-out split"},
+    )
+    n_eval: int = field(default=192, metadata={"help": "questions answered greedily"})
+    n_sampled: int = field(default=64, metadata={"help": "questions sampled k times at --temperature"})
+    k: int = field(default=8, metadata={"help": "samples per question (0: greedy only)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    json: str | None = field(default=None, metadata={"help": "write the measurements to this JSON file"})
+    captions: bool = field(default=False, metadata={"help": "also score greedy captions of the scenes"})
+
+    def __post_init__(self):
+        self.families = list(family_names(self.families))
+        self.warm_start_config()  # WarmStartConfig's own checks
+
+    def warm_start_config(self) -> WarmStartConfig:
+        """The warm start these options train (or reuse)."""
+        shared = {f.name for f in fields(WarmStartConfig)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in shared}
+        return WarmStartConfig(**{**values, "families": tuple(self.families)})
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m pgpo.demo.warmstart", description=__doc__.split("\n\n")[0])
-    defaults = WarmStartConfig()
-    for f in fields(WarmStartConfig):
-        if f.name in ("prompt_template", "system_prompt", "answer_format"):
-            continue
-        value = getattr(defaults, f.name)
-        if isinstance(value, tuple):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", default=",".join(value), help=f"default {value}")
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--eval-split", choices=("val", "test"), default="val", help="val: choose settings on it")
-    parser.add_argument("--n-eval", type=int, default=192)
-    parser.add_argument("--n-sampled", type=int, default=64, help="questions sampled k times at --temperature")
-    parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--json", type=Path, help="write the measurements here")
-    parser.add_argument("--captions", action="store_true", help="also score greedy captions of the scenes")
-    args = parser.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in fields(WarmStartConfig) if hasattr(args, f.name)}
-    values["families"] = tuple(x for x in values["families"].split(",") if x)
-    cfg = replace(defaults, **values)
+    """``python -m pgpo.demo.warmstart``: flags are :class:`WarmStartEvalConfig`'s fields (snake_case; kebab-case
+    accepted); returns the measurements."""
+    import sys
+
+    from pgpo.commands.parsing import parse_config
+
+    args = parse_config(
+        WarmStartEvalConfig,
+        sys.argv[1:] if argv is None else argv,
+        "python -m pgpo.demo.warmstart",
+        repeatable=("--families",),
+    )
+    cfg = args.warm_start_config()
     path = warm_start(cfg)
     from pgpo.vlm import load_pgpo_vlm
 
     model, processor = load_pgpo_vlm(path)
-    if args.eval_split == "val":
-        samples = validation_split(args.n_eval, cfg)
-    else:  # the demo's held-out test split (pgpo.demo.run._samples("test", ...)); report it once per final setting
-        samples = make_split("test", args.n_eval, seed=0, families=cfg.families, size=cfg.image_size)
+    samples = (validation_split if args.eval_split == "val" else held_out_split)(args.n_eval, cfg)
     t0 = time.time()
     res = evaluate_warm_start(
         model,
@@ -491,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["path"] = str(path)
     print(json.dumps({k: v for k, v in res.items() if k != "warm_start"}, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
+        Path(args.json).write_text(json.dumps(res, indent=2))
     return res
 
 

@@ -312,3 +312,16 @@ def get_family(family: str | Family) -> Family:
         return FAMILIES[family]
     except KeyError:
         raise KeyError(f"unknown task family {family!r}; known: {sorted(FAMILIES)}") from None
+
+
+def family_names(values: Sequence[str]) -> tuple[str, ...]:
+    """Family names from command-line values, comma- or space-separated (``["count,clock"]`` and ``["count",
+    "clock"]`` alike), ``all`` for every family; ``ValueError`` for an unknown name or none."""
+    names = tuple(x.strip() for value in values for x in value.split(",") if x.strip())
+    if names == ("all",):
+        return tuple(FAMILIES)
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        problem = f"unknown {unknown}" if unknown else "none given"
+        raise ValueError(f"--families: {problem}; choose from {tuple(FAMILIES)} or 'all'")
+    return names

