@@ -34,7 +34,7 @@ def toy_config(out, **kw) -> DemoConfig:
     )
     options.update(kw)
     cfg = DemoConfig(**options)
-    cfg.warm = WarmStartConfig(n_samples=8, steps=1, batch_size=4)
+    cfg.warm = WarmStartConfig(n_samples=8, steps=1, batch_size=4, align_samples=8)
     return cfg
 
 

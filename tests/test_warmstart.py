@@ -46,7 +46,7 @@ def test_cache_key_changes_with_every_setting():
     keys = {base.key()}
     for f in dataclasses.fields(WarmStartConfig):
         value = getattr(base, f.name)
-        other = "lora" if f.name == "train" else _other(value)
+        other = ("projector" if value == "lora" else "lora") if f.name == "train" else _other(value)
         keys.add(dataclasses.replace(base, **{f.name: other}).key())
     assert len(keys) == len(dataclasses.fields(WarmStartConfig)) + 1
     with pytest.raises(ValueError, match="train"):
@@ -174,10 +174,10 @@ def test_warm_start_flags_are_its_fields():
     assert {f.name for f in dataclasses.fields(WarmStartConfig)} - hidden <= exposed
     assert parse_config(WarmStartEvalConfig, [], "warmstart").warm_start_config() == WarmStartConfig()
     expected = dataclasses.replace(
-        WarmStartConfig(), vision_blocks=14, image_size=96, train="lora", steps=60, families=("count", "clock")
+        WarmStartConfig(), vision_blocks=19, image_size=64, train="projector", steps=30, families=("count", "clock")
     )
     for families in (["count,clock"], ["count", "clock"]):
-        argv = ["--vision-blocks", "14", "--image_size", "96", "--train", "lora", "--steps", "60", "--families"]
+        argv = ["--vision-blocks", "19", "--image_size", "64", "--train", "projector", "--steps", "30", "--families"]
         cfg = parse_config(WarmStartEvalConfig, [*argv, *families, "--n-eval", "96"], "warmstart")
         assert cfg.warm_start_config() == expected and cfg.warm_start_config().key() == expected.key()
         assert cfg.n_eval == 96

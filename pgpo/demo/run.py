@@ -32,18 +32,18 @@ class DemoConfig:
     algorithms: list[str] = field(
         default_factory=lambda: ["dapo", "pgpo"], metadata={"help": "presets to train (pgpo.config.ALGORITHMS)"}
     )
-    rl_steps: int = field(default=30, metadata={"help": "RL optimizer steps per algorithm"})
-    prompts_per_step: int = field(default=4, metadata={"help": "prompts per RL step"})
+    rl_steps: int = field(default=20, metadata={"help": "RL optimizer steps per algorithm"})
+    prompts_per_step: int = field(default=2, metadata={"help": "prompts per RL step"})
     num_generations: int = field(default=8, metadata={"help": "rollouts per prompt (G)"})
     max_completion_length: int = field(default=48, metadata={"help": "completion tokens at most (RL and eval)"})
     temperature: float = field(default=1.0, metadata={"help": "rollout temperature (the paper's 1.0)"})
-    learning_rate: float = field(default=1e-5, metadata={"help": "RL learning rate (AdamW, constant)"})
+    learning_rate: float = field(default=5e-6, metadata={"help": "RL learning rate (AdamW, constant)"})
     rl_train: str = field(default="all", metadata={"help": "what RL updates: 'all' (projector + LM) or 'projector'"})
-    max_sampling_rounds: int = field(default=4, metadata={"help": "dynamic sampling: rounds per step at most"})
+    max_sampling_rounds: int = field(default=3, metadata={"help": "dynamic sampling: rounds per step at most"})
     n_train: int = field(default=512, metadata={"help": "training questions"})
-    n_test: int = field(default=192, metadata={"help": "held-out test questions (reported once per model)"})
-    n_val: int = field(default=48, metadata={"help": "validation questions for the accuracy-vs-step curves"})
-    eval_every: int = field(default=10, metadata={"help": "validation accuracy every N RL steps (0 = off)"})
+    n_test: int = field(default=96, metadata={"help": "held-out test questions (reported once per model)"})
+    n_val: int = field(default=32, metadata={"help": "validation questions for the accuracy-vs-step curves"})
+    eval_every: int = field(default=5, metadata={"help": "validation accuracy every N RL steps (0 = off)"})
     eval_batch_size: int = field(default=32, metadata={"help": "greedy evaluation batch size"})
     gradvar_batches: int = field(
         default=0, metadata={"help": "gradient variance (pgpo gradvar) over K rollout batches, before and after RL"}

@@ -55,25 +55,27 @@ class WarmStartConfig:
     """Every setting of the warm start; all of them are used, and all of them are in the cache key."""
 
     n_samples: int = 1024
-    steps: int = 100
-    batch_size: int = 16
+    steps: int = 60
+    batch_size: int = 8
     learning_rate: float = 1e-3  # the projector's
     lm_learning_rate: float = 2e-4  # LoRA adapters ("lora") or LM weights ("lm"); unused with "projector"
     seed: int = 0
-    image_size: int = 64
-    vision_grid: int = 2
-    vision_blocks: int = 19  # MobileNetV2 blocks that run (19: all, 1280 channels, stride 32)
+    image_size: int = 96
+    vision_grid: int = 3
+    # MobileNetV2 blocks that run (19: all, 1280 channels, stride 32; 14: the last stride-16 stage, 96 channels,
+    # which keeps colour per cell: docs/vlm.md). 14 blocks, 96 px, 3x3 tokens, LoRA: docs/demo-report.md
+    vision_blocks: int = 14
     families: tuple[str, ...] = DEMO_FAMILIES
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     # The taught completion: a str.format template with {reasoning} (the scene-grounded chain) and {answer}.
     answer_format: str = COMPLETION_FORMAT
-    train: str = "projector"  # "projector", "lora" (projector + LoRA on the LM) or "lm" (projector + whole LM)
+    train: str = "lora"  # "projector", "lora" (projector + LoRA on the LM) or "lm" (projector + whole LM)
     lora_rank: int = 16  # unused unless train == "lora"
     # Lexical alignment before the supervised stage (0 = off): the projector alone learns, on this many scenes of the
     # object families, to map each image cell to the LM's input embeddings of the words for what is in it (no LM
     # forward, so it costs seconds).
-    align_samples: int = 0
+    align_samples: int = 256
     align_epochs: int = 8
     # Captioning steps before the task steps (0 = none): short sequences (user: image + caption_prompt, no system
     # prompt) whose target describes the whole scene (pgpo.tasks.reasoning.describe): about 2.5x cheaper per sample
