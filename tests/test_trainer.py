@@ -84,12 +84,24 @@ def test_each_algorithm_trains(tmp_path, algorithm):
     if trainer.args.dynamic_sampling:
         expected = expected + ["dynamic_sampling/rounds", "dynamic_sampling/kept_frac"]
     expected = expected + [f"loss_terms/{name}" for name in trainer.args.loss_terms]
+    tau = trainer.args.pgpo_tau
+    # The ablations' empty token sets: tau = 1 gates no token (I < 1 by eps), tau = 0 gates every token (I >= 0).
+    undefined = {1.0: "shaping/weight_gated", 0.0: "shaping/weight_ungated"}.get(tau) if shaped else None
     for key in expected:
         values = [h[key] for h in logs if key in h]
+        if key == undefined:
+            assert all(v is None or math.isnan(v) for v in values), (key, logs[-1])
+            continue
         assert values and all(math.isfinite(v) for v in values), (key, logs[-1])
     if algorithm.startswith("pgpo"):
-        assert 0 < logs[-1]["shaping/gated_frac"] < 1
-        assert logs[-1]["shaping/weight_gated"] > 1 > logs[-1]["shaping/weight_ungated"]
+        gated = logs[-1]["shaping/gated_frac"]
+        if tau == 1.0:
+            assert gated == 0 and logs[-1]["shaping/weight_ungated"] == pytest.approx(1.0)  # mass kept (Eq. 7)
+        elif tau == 0.0:
+            assert gated == 1 and logs[-1]["shaping/weight_gated"] == pytest.approx(1.0)
+        else:
+            assert 0 < gated < 1
+            assert logs[-1]["shaping/weight_gated"] > 1 > logs[-1]["shaping/weight_ungated"]
 
 
 def test_default_config_is_the_papers_pgpo(tmp_path):

@@ -127,9 +127,11 @@ def test_warm_start_is_cached_by_its_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("PGPO_CACHE", str(tmp_path))
     if real.is_dir():
         smollm2_dir().symlink_to(real, target_is_directory=True)
+    small = dict(image_size=64, vision_grid=2, vision_blocks=19)  # not the demo's defaults: a cheaper model
     cfg = WarmStartConfig(
-        n_samples=4, steps=1, batch_size=2, train="lora", lora_rank=2, families=("count", "clock"), align_samples=8
-    )
+        n_samples=4, steps=1, batch_size=2, train="lora", lora_rank=2, families=("count", "clock"), align_samples=8,
+        **small,
+    )  # fmt: skip
     logs: list[str] = []
     path = warm_start(cfg, log=logs.append)
     assert path == tmp_path / f"warmstart-{cfg.key()}"
@@ -145,6 +147,7 @@ def test_warm_start_is_cached_by_its_settings(tmp_path, monkeypatch):
     # python -m pgpo.demo.warmstart with the same settings (kebab-case flags too) reuses it, then measures it.
     argv = ["--n_samples", "4", "--steps", "1", "--batch-size", "2", "--train", "lora", "--lora_rank", "2"]
     argv += ["--families", "count,clock", "--align-samples", "8", "--n_eval", "2", "--n_sampled", "1", "--k", "2"]
+    argv += ["--image_size", "64", "--vision_grid", "2", "--vision_blocks", "19"]
     res = main([*argv, "--json", str(tmp_path / "measured.json")])
     assert res["path"] == str(path) and res["n"] == 2 and res["n_sampled"] == 1 and res["split"] == "val"
     assert json.loads((tmp_path / "measured.json").read_text())["warm_start"]["final_loss"] == saved["final_loss"]
