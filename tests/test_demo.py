@@ -3,17 +3,14 @@ real HTML tables rendered in headless Chromium), saved models, gradvar; the repo
 
 import json
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from reference.browser import CHROMIUM, screenshot
 
 from pgpo.demo.report import paired_difference, report_tables, write_report
 from pgpo.demo.run import DemoConfig, run_demo
 from pgpo.demo.warmstart import WarmStartConfig
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def toy_config(out, **kw) -> DemoConfig:
@@ -109,34 +106,12 @@ def test_report_has_real_tables_plots_and_heatmap(results, tmp_path):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(results, tmp_path):
-    import numpy as np
-    from PIL import Image
-
     _, res = results
     write_report([res], tmp_path, "pgpo demo")
-    shot = tmp_path / "shot.png"
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,1600",
-        (tmp_path / "report.html").as_uri(),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-    with Image.open(shot) as im:
-        pixels = np.asarray(im.convert("RGB"), dtype=np.float64)
+    pixels = screenshot(tmp_path / "report.html", 1200, 1600)
     assert pixels.shape[:2] == (1600, 1200) and pixels.var() > 0
     # the table header background (#f2f2f2) made it to the screen: a rendered table, not text
-    assert ((np.abs(pixels - 242) < 2).all(-1)).sum() > 500
-    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+    assert ((abs(pixels - 242) < 2).all(-1)).sum() > 500
 
 
 def test_rl_train_projector_leaves_the_language_model_untouched(results, tmp_path):

@@ -3,14 +3,13 @@
 import html
 import json
 import math
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from reference.browser import CHROMIUM, screenshot
 
 from pgpo.commands import inspect as cli
 from pgpo.dependency import k3_dependency, token_kl
@@ -18,7 +17,6 @@ from pgpo.inspection import decode_tokens, render_html, render_png, score_tokens
 from pgpo.shaping import PGPOShapingConfig, pgpo_weights
 
 END = "<|im_end|>"
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _image(colour="red", size=56):
@@ -291,33 +289,12 @@ def test_cli_bad_inputs_exit_2_with_a_clear_message(tmp_path, capsys):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
 def test_headless_browser_renders_the_page(tmp_path):
-    import numpy as np
 
     tokens = ["The", " circle", " is", " red", ".", END]
     page = render_html(tokens, [0.02, 0.4, 0.01, 0.9, 0.0, 0.05], 0.4, prompt="What colour?", images=[_image()])
     (tmp_path / "inspect.html").write_text(page, encoding="utf-8")
-    shot = tmp_path / "shot.png"
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,800",
-        (tmp_path / "inspect.html").as_uri(),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 0
-    with Image.open(shot) as im:
-        pixels = np.asarray(im.convert("RGB"), dtype=np.float64)
+    pixels = screenshot(tmp_path / "inspect.html", 1200, 800)
     assert pixels.shape[:2] == (800, 1200)
     assert pixels.var() > 0  # not blank
     # the token colours made it to the screen: some strongly coloured (dark red) pixels exist
     assert ((pixels[..., 0] > 100) & (pixels[..., 2] < 80) & (pixels[..., 1] < 80)).any()
-    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
