@@ -49,14 +49,16 @@ class TokenDependency:
         return asdict(self)
 
 
-def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of the model's first parameter (CPU / float32 for a model without parameters)."""
     param = next(iter(model.parameters()), None)
     if param is None:
         return torch.device("cpu"), torch.float32
     return param.device, param.dtype
 
 
-def _to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+def batch_to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """The batch's tensors on ``device``, its floating-point ones (pixel values) in ``dtype``."""
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
@@ -156,7 +158,7 @@ def score_tokens(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     image_list = _as_image_list(images)
     tok = getattr(processor, "tokenizer", processor)
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
 
     chat = processor.apply_chat_template(
         build_messages(prompt_text, len(image_list), "{question}", system_prompt),
@@ -164,7 +166,7 @@ def score_tokens(
         tokenize=False,
     )
     enc = processor(images=[image_list] if image_list else None, text=[chat], return_tensors="pt")
-    enc = _to_device(dict(enc), device, dtype)
+    enc = batch_to_device(dict(enc), device, dtype)
     prompt_len = enc["input_ids"].shape[1]
 
     if completion_text is None:

@@ -25,7 +25,7 @@ from pgpo.tasks.hf import (
     to_hf_dataset,
     to_messages,
 )
-from pgpo.tasks.reasoning import reasoning, taught_completion
+from pgpo.tasks.reasoning import completion_spans, reasoning, reasoning_spans, taught_completion
 
 __all__ = [
     "DEFAULT_FAMILIES",
@@ -42,6 +42,7 @@ __all__ = [
     "Sample",
     "chance_report",
     "check",
+    "completion_spans",
     "completion_text",
     "correctness_reward",
     "final_answer",
@@ -52,6 +53,7 @@ __all__ = [
     "load_easy_vqa",
     "make_split",
     "reasoning",
+    "reasoning_spans",
     "split_of_image",
     "taught_completion",
     "to_hf_dataset",
