@@ -170,21 +170,26 @@ def test_warm_start_flags_are_its_fields():
     """python -m pgpo.demo.warmstart exposes every WarmStartConfig field (its prompts aside) with the same default;
     snake_case or kebab-case flags, families as a comma or a space list."""
     from pgpo.commands.parsing import parse_config
-    from pgpo.demo.warmstart import WarmStartEvalConfig
+    from pgpo.demo.warmstart import DEMO_WARM_STARTS, WarmStartEvalConfig
 
     hidden = {"prompt_template", "system_prompt", "answer_format"}
     exposed = {f.name for f in dataclasses.fields(WarmStartEvalConfig)}
     assert {f.name for f in dataclasses.fields(WarmStartConfig)} - hidden <= exposed
-    assert parse_config(WarmStartEvalConfig, [], "warmstart").warm_start_config() == WarmStartConfig()
+    assert parse_config(WarmStartEvalConfig, [], "warmstart").warm_start_config() == DEMO_WARM_STARTS["words"]
+    smol = parse_config(WarmStartEvalConfig, ["--model", "smollm2"], "warmstart").warm_start_config()
+    assert smol == DEMO_WARM_STARTS["smollm2"] == WarmStartConfig()
     expected = dataclasses.replace(
         WarmStartConfig(), vision_blocks=19, image_size=64, train="projector", steps=30, families=("count", "clock")
     )
     for families in (["count,clock"], ["count", "clock"]):
-        argv = ["--vision-blocks", "19", "--image_size", "64", "--train", "projector", "--steps", "30", "--families"]
+        argv = ["--model", "smollm2", "--vision-blocks", "19", "--image_size", "64", "--train", "projector"]
+        argv += ["--steps", "30", "--families"]
         cfg = parse_config(WarmStartEvalConfig, [*argv, *families, "--n-eval", "96"], "warmstart")
         assert cfg.warm_start_config() == expected and cfg.warm_start_config().key() == expected.key()
         assert cfg.n_eval == 96
     with pytest.raises(SystemExit):
         parse_config(WarmStartEvalConfig, ["--train", "everything"], "warmstart")
+    with pytest.raises(SystemExit):  # the word LM starts from random weights: it trains whole
+        parse_config(WarmStartEvalConfig, ["--train", "lora"], "warmstart")
     with pytest.raises(SystemExit):
         parse_config(WarmStartEvalConfig, ["--families", "count,nope"], "warmstart")

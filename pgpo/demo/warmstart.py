@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -71,6 +71,11 @@ class WarmStartConfig:
     # The taught completion: a str.format template with {reasoning} (the scene-grounded chain) and {answer}.
     answer_format: str = COMPLETION_FORMAT
     train: str = "lora"  # "projector", "lora" (projector + LoRA on the LM) or "lm" (projector + whole LM)
+    # The language model: "smollm2" (SmolLM2-135M-Instruct, pretrained) or "words" (a small Llama over the tasks'
+    # word-level vocabulary, random: the warm start trains it from scratch, so train must be "lm").
+    language: str = "smollm2"
+    lm_hidden_size: int = 256  # the word LM's shape (unused with smollm2)
+    lm_layers: int = 4
     lora_rank: int = 16  # unused unless train == "lora"
     # Lexical alignment before the supervised stage (0 = off): the projector alone learns, on this many scenes of the
     # object families, to map each image cell to the LM's input embeddings of the words for what is in it (no LM
@@ -88,9 +93,41 @@ class WarmStartConfig:
             raise ValueError(f"train must be one of {TRAIN_MODES}, got {self.train!r}")
         if "{answer}" not in self.answer_format:
             raise ValueError("answer_format must contain {answer}")
+        if self.language == "words" and self.train != "lm":
+            raise ValueError("the word LM starts from random weights: train must be 'lm' (projector + whole LM)")
+
+    def lm_shape(self) -> dict | None:
+        """The word LM's shape for :func:`pgpo.vlm.build_pgpo_vlm` (None for SmolLM2)."""
+        if self.language != "words":
+            return None
+        heads = max(1, self.lm_hidden_size // 64)
+        return {
+            "hidden_size": self.lm_hidden_size,
+            "num_hidden_layers": self.lm_layers,
+            "num_attention_heads": heads,
+            "intermediate_size": 4 * self.lm_hidden_size,
+        }
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# The demo's language models (``pgpo demo --model``) and the warm start each gets (docs/demo-report.md has the
+# measurements behind them). "words": a ~4 M-parameter Llama over the tasks' own words, trained from scratch here
+# (the default: one RL step costs ~1/20 of SmolLM2's); "smollm2": SmolLM2-135M-Instruct + LoRA (pretrained).
+DEMO_WARM_STARTS = {
+    "words": WarmStartConfig(
+        language="words",
+        train="lm",
+        steps=300,
+        batch_size=32,
+        n_samples=9600,
+        learning_rate=1e-3,
+        lm_learning_rate=1e-3,
+        align_samples=1024,
+    ),
+    "smollm2": WarmStartConfig(),
+}
 
 
 def taught(sample, answer_format: str = COMPLETION_FORMAT) -> str:
@@ -277,7 +314,12 @@ def train_warm_start(cfg: WarmStartConfig, log=print, progress: bool = True):
     t0, c0 = time.time(), time.process_time()
     torch.manual_seed(cfg.seed)
     model, processor = load_pgpo_vlm(
-        image_size=cfg.image_size, vision_grid=cfg.vision_grid, seed=cfg.seed, vision_blocks=cfg.vision_blocks
+        image_size=cfg.image_size,
+        vision_grid=cfg.vision_grid,
+        seed=cfg.seed,
+        vision_blocks=cfg.vision_blocks,
+        language=cfg.language,
+        lm_shape=cfg.lm_shape(),
     )
     samples = make_split(
         "train", cfg.n_samples, seed=cfg.seed + TRAIN_SEED_OFFSET, families=cfg.families, size=cfg.image_size
@@ -454,46 +496,60 @@ def held_out_split(n: int, cfg: WarmStartConfig):
     return make_split("test", n, seed=TEST_SEED, families=cfg.families, size=cfg.image_size)
 
 
+PRESET = "(default: the --model preset's)"
+
+
 @dataclass
 class WarmStartEvalConfig:
     """Options of ``python -m pgpo.demo.warmstart``: train (or reuse) a warm start, then measure it.
 
-    The first fields are :class:`WarmStartConfig`'s (its prompts and answer format aside), with its defaults."""
+    ``--model`` picks the demo's warm start (:data:`DEMO_WARM_STARTS`); the next fields are
+    :class:`WarmStartConfig`'s (its prompts and answer format aside), each left unset to keep the preset's value."""
 
-    n_samples: int = field(default=WarmStartConfig.n_samples, metadata={"help": "training questions"})
-    steps: int = field(default=WarmStartConfig.steps, metadata={"help": "supervised steps on the task questions"})
-    batch_size: int = field(default=WarmStartConfig.batch_size, metadata={"help": "questions per step"})
-    learning_rate: float = field(default=WarmStartConfig.learning_rate, metadata={"help": "the projector's"})
-    lm_learning_rate: float = field(
-        default=WarmStartConfig.lm_learning_rate,
-        metadata={"help": "LoRA adapters (--train lora) or LM weights (--train lm); unused with projector"},
+    model: Literal["words", "smollm2"] = field(
+        default="words", metadata={"help": "the warm start of pgpo demo --model (DEMO_WARM_STARTS)"}
     )
-    seed: int = field(default=WarmStartConfig.seed, metadata={"help": "seed of the model, data and sampling"})
-    image_size: int = field(default=WarmStartConfig.image_size, metadata={"help": "image side in pixels"})
-    vision_grid: int = field(default=WarmStartConfig.vision_grid, metadata={"help": "image tokens per side"})
-    vision_blocks: int = field(
-        default=WarmStartConfig.vision_blocks,
-        metadata={"help": "MobileNetV2 blocks that run (19: all, 1280 channels, stride 32)"},
+    n_samples: int | None = field(default=None, metadata={"help": f"training questions {PRESET}"})
+    steps: int | None = field(default=None, metadata={"help": f"supervised steps on the task questions {PRESET}"})
+    batch_size: int | None = field(default=None, metadata={"help": f"questions per step {PRESET}"})
+    learning_rate: float | None = field(default=None, metadata={"help": f"the projector's {PRESET}"})
+    lm_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": f"LoRA adapters (--train lora) or LM weights (--train lm); unused with projector {PRESET}"},
     )
-    families: list[str] = field(
-        default_factory=lambda: list(DEMO_FAMILIES),
-        metadata={"help": "task families, comma- or space-separated; 'all' for every family"},
+    seed: int | None = field(default=None, metadata={"help": f"seed of the model, data and sampling {PRESET}"})
+    image_size: int | None = field(default=None, metadata={"help": f"image side in pixels {PRESET}"})
+    vision_grid: int | None = field(default=None, metadata={"help": f"image tokens per side {PRESET}"})
+    vision_blocks: int | None = field(
+        default=None, metadata={"help": f"MobileNetV2 blocks that run (19: all, 1280 channels, stride 32) {PRESET}"}
     )
-    train: Literal["projector", "lora", "lm"] = field(
-        default=WarmStartConfig.train,
-        metadata={"help": "what trains: the projector, + LoRA on the LM (merged before saving), + the whole LM"},
+    families: list[str] | None = field(
+        default=None,
+        metadata={"help": f"task families, comma- or space-separated; 'all' for every family {PRESET}"},
     )
-    lora_rank: int = field(default=WarmStartConfig.lora_rank, metadata={"help": "unused unless --train lora"})
-    align_samples: int = field(
-        default=WarmStartConfig.align_samples,
-        metadata={"help": "lexical alignment of the projector on this many scenes first (0: off)"},
+    train: str | None = field(
+        default=None,
+        metadata={
+            "help": "what trains: 'projector', 'lora' (+ LoRA on the LM, merged before saving) or 'lm' (+ the "
+            f"whole LM) {PRESET}"
+        },
     )
-    align_epochs: int = field(default=WarmStartConfig.align_epochs, metadata={"help": "epochs of that alignment"})
-    caption_steps: int = field(
-        default=WarmStartConfig.caption_steps, metadata={"help": "captioning steps before the task steps (0: none)"}
+    language: str | None = field(
+        default=None, metadata={"help": f"'smollm2' (pretrained) or 'words' (the small word LM, random) {PRESET}"}
     )
-    caption_prompt: str = field(
-        default=WarmStartConfig.caption_prompt, metadata={"help": "the user text of the captioning steps"}
+    lm_hidden_size: int | None = field(default=None, metadata={"help": f"the word LM's width {PRESET}"})
+    lm_layers: int | None = field(default=None, metadata={"help": f"the word LM's layers {PRESET}"})
+    lora_rank: int | None = field(default=None, metadata={"help": f"unused unless --train lora {PRESET}"})
+    align_samples: int | None = field(
+        default=None,
+        metadata={"help": f"lexical alignment of the projector on this many scenes first (0: off) {PRESET}"},
+    )
+    align_epochs: int | None = field(default=None, metadata={"help": f"epochs of that alignment {PRESET}"})
+    caption_steps: int | None = field(
+        default=None, metadata={"help": f"captioning steps before the task steps (0: none) {PRESET}"}
+    )
+    caption_prompt: str | None = field(
+        default=None, metadata={"help": f"the user text of the captioning steps {PRESET}"}
     )
     eval_split: Literal["val", "test"] = field(
         default="val",
@@ -507,14 +563,18 @@ class WarmStartEvalConfig:
     captions: bool = field(default=False, metadata={"help": "also score greedy captions of the scenes"})
 
     def __post_init__(self):
-        self.families = list(family_names(self.families))
+        if self.families is not None:
+            self.families = list(family_names(self.families))
         self.warm_start_config()  # WarmStartConfig's own checks
 
     def warm_start_config(self) -> WarmStartConfig:
-        """The warm start these options train (or reuse)."""
+        """The warm start these options train (or reuse): the ``--model`` preset with the options that are set."""
         shared = {f.name for f in fields(WarmStartConfig)}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in shared}
-        return WarmStartConfig(**{**values, "families": tuple(self.families)})
+        values = {k: v for k, v in values.items() if v is not None}
+        if "families" in values:
+            values["families"] = tuple(values["families"])
+        return replace(DEMO_WARM_STARTS[self.model], **values)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -20,17 +20,61 @@ def _grow_embeddings(weight: torch.Tensor, n_new: int, seed: int) -> torch.Tenso
     return torch.cat([weight, weight.mean(0, keepdim=True) + noise.to(weight.dtype)], dim=0)
 
 
+LANGUAGES = ("smollm2", "words")
+# The word LM's default shape (Llama): ~3 M parameters; one RL step of the demo costs ~1/20 of SmolLM2-135M's.
+WORD_LM = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
+
+
+def word_lm(seed: int = 0, **shape):
+    """``(LlamaForCausalLM, tokenizer)``: a randomly initialised (seeded) small Llama over the tasks' word-level
+    vocabulary (:func:`pgpo.vlm.words.build_word_tokenizer`); ``shape`` overrides :data:`WORD_LM`'s fields."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from .words import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer()
+    dims = {**WORD_LM, **shape}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        head_dim=dims["hidden_size"] // dims["num_attention_heads"],
+        num_key_value_heads=dims["num_attention_heads"],
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **dims,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+    )
+    return model, tokenizer
+
+
 def build_pgpo_vlm(
     image_size: int = 64,
     vision_grid: int = 2,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     vision_blocks: int = 19,
+    language: str = "smollm2",
+    lm_shape: dict | None = None,
 ) -> tuple[PGPOVLMForConditionalGeneration, PGPOVLMProcessor]:
-    """A new VLM from the shipped parts: ImageNet MobileNetV2 (frozen), a fresh projector (seeded), SmolLM2-135M."""
+    """A new VLM from the shipped parts: ImageNet MobileNetV2 (frozen), a fresh projector (seeded), and the language
+    model ``language``: ``"smollm2"`` (SmolLM2-135M-Instruct, pretrained) or ``"words"`` (:func:`word_lm`, random,
+    shaped by ``lm_shape``)."""
     from transformers.initialization import no_init_weights
 
-    text_model, tokenizer = load_smollm2(cache_dir)
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+    if language == "words":
+        text_model, tokenizer = word_lm(seed, **(lm_shape or {}))
+    else:
+        if lm_shape:
+            raise ValueError("lm_shape applies to language='words' only (SmolLM2's shape is its own)")
+        text_model, tokenizer = load_smollm2(cache_dir)
     processor = PGPOVLMProcessor(
         image_processor=PGPOImageProcessor(image_size=image_size),
         tokenizer=tokenizer,
@@ -88,6 +132,8 @@ def load_pgpo_vlm(
     cache_dir: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
     vision_blocks: int = 19,
+    language: str = "smollm2",
+    lm_shape: dict | None = None,
 ) -> tuple[PGPOVLMForConditionalGeneration, PGPOVLMProcessor]:
     """``(model, processor)``: a saved folder when ``path`` is given, else built from the shipped parts.
 
@@ -95,13 +141,20 @@ def load_pgpo_vlm(
     :func:`pgpo.vlm.parts.smollm2_cache_dir`); later builds take a couple of seconds. ``image_size`` (pixels) and
     ``vision_grid`` (``vision_grid**2`` image tokens) and ``vision_blocks`` (how much of MobileNetV2 runs, see
     :class:`~pgpo.vlm.configuration.PGPOVLMConfig`) only apply when building; ``seed`` seeds the new projector.
-    ``cache_dir`` is the folder of the dequantised SmolLM2 (default :func:`pgpo.paths.smollm2_dir`).
+    ``cache_dir`` is the folder of the dequantised SmolLM2 (default :func:`pgpo.paths.smollm2_dir`); ``language``
+    and ``lm_shape``: see :func:`build_pgpo_vlm`.
     """
     if path is not None:
         model = PGPOVLMForConditionalGeneration.from_pretrained(str(Path(path)), dtype=dtype)
         processor = PGPOVLMProcessor.from_pretrained(str(Path(path)))
         return model.eval(), processor
     model, processor = build_pgpo_vlm(
-        image_size=image_size, vision_grid=vision_grid, seed=seed, cache_dir=cache_dir, vision_blocks=vision_blocks
+        image_size=image_size,
+        vision_grid=vision_grid,
+        seed=seed,
+        cache_dir=cache_dir,
+        vision_blocks=vision_blocks,
+        language=language,
+        lm_shape=lm_shape,
     )
     return model.to(dtype), processor
