@@ -323,6 +323,18 @@ def _as_float(s: str) -> float | None:
     return float(s) if _FLOAT_RE.match(s) else None
 
 
+class _TimeoutOffOnPurpose(logging.Filter):
+    """math-verify warns that its timeout is off; :func:`math_equal` turns it off on purpose off the main thread
+    (signal.alarm works on the main thread only), so the notice says nothing to a user: dropped, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_TimeoutOffOnPurpose())
+
+
 def math_equal(gold: str, pred: str) -> bool:
     r"""math-verify equivalence of two bare answers (each parsed as ``\boxed{answer}``). Never raises."""
     if not gold or not pred:

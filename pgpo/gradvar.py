@@ -55,6 +55,20 @@ class RunningMoments:
         }
 
 
+def paired_ratio_interval(
+    num: list[float], den: list[float], resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> list[float]:
+    """Percentile bootstrap interval of ``mean(num) / mean(den)`` over paired samples (batches resampled together,
+    seeded): the interval of the PGPO / DAPO ratio of ``E||g||^2`` over the ``K`` rollout batches."""
+    if len(num) != len(den) or len(num) < 2:
+        raise ValueError(f"need >= 2 paired values, got {len(num)} and {len(den)}")
+    a, b = torch.tensor(num, dtype=torch.float64), torch.tensor(den, dtype=torch.float64)
+    idx = torch.randint(0, len(num), (resamples, len(num)), generator=torch.Generator().manual_seed(seed))
+    ratios = a[idx].mean(1) / b[idx].mean(1)
+    tail = (1 - level) / 2
+    return [float(torch.quantile(ratios, tail)), float(torch.quantile(ratios, 1 - tail))]
+
+
 def chosen_parameters(model, names: str = "trainable") -> list[tuple[str, torch.nn.Parameter]]:
     """``"trainable"``: every parameter with ``requires_grad``; else a comma-separated list of name substrings."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -134,6 +148,7 @@ def gradient_variance(
         k: (pgpo[k] / dapo[k] if dapo[k] not in (0, math.inf) else math.nan)
         for k in ("mean_sq_norm", "trace_cov", "snr")
     }
+    ratios["mean_sq_norm_ci95"] = paired_ratio_interval(moments["pgpo"].sq_norms, moments["dapo"].sq_norms)
     return GradVarResult(dapo=dapo, pgpo=pgpo, ratios=ratios, n_params=n, gated_frac=sum(gated) / len(gated))
 
 

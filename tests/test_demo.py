@@ -31,7 +31,17 @@ def toy_config(out, **kw) -> DemoConfig:
     )
     options.update(kw)
     cfg = DemoConfig(**options)
-    cfg.warm = WarmStartConfig(n_samples=8, steps=1, batch_size=4, align_samples=8)
+    # the default demo's word LM at toy size (trained from scratch: one step of it is noise, which is all we need)
+    cfg.warm = WarmStartConfig(
+        language="words",
+        train="lm",
+        n_samples=8,
+        steps=1,
+        batch_size=4,
+        align_samples=8,
+        lm_hidden_size=64,
+        lm_layers=1,
+    )
     return cfg
 
 
@@ -58,12 +68,21 @@ def test_demo_runs_dapo_and_pgpo_saves_models_and_logs_metrics(results):
         assert ("shaping/gated_frac" in steps[0]) == (algorithm == "pgpo")
         assert run["curve"] and run["curve"][0][0] == 1  # validation accuracy after step 1
         assert (Path(run["saved"]) / "config.json").exists()  # for pgpo inspect / pgpo eval
-        assert set(run["gradvar"]["pgpo_over_dapo"]) == {"mean_sq_norm", "trace_cov", "snr"}
+        assert set(run["gradvar"]["pgpo_over_dapo"]) == {"mean_sq_norm", "trace_cov", "snr", "mean_sq_norm_ci95"}
     assert json.loads((out / "results.json").read_text())["runs"]["pgpo"]["after"]["n"] == 6
     sample = res["heatmap_sample"]
     assert len(sample["tokens"]) == len(sample["scores"]) == len(sample["importance"]) == len(sample["weights"])
     assert all(s >= 0 for s in sample["scores"]) and sum(sample["weights"]) == pytest.approx(len(sample["weights"]))
     assert res["gradvar_before"]["dapo"]["batches"] == 2
+    # S against the ground-truth perception tokens of the taught answers, before and after each RL run
+    for measured in (res["perception_before"], *(run["perception"] for run in res["runs"].values())):
+        overall = measured["overall"]
+        assert overall["n_responses"] == 6 and overall["n_image"] > 0 and 0.0 <= overall["auroc"] <= 1.0
+    # step times, and the ratio PGPO / DAPO printed at the end
+    assert all(run["median_step_seconds"] > 0 for run in res["runs"].values())
+    assert res["pgpo_dapo_step_ratio"] == pytest.approx(
+        res["runs"]["pgpo"]["median_step_seconds"] / res["runs"]["dapo"]["median_step_seconds"]
+    )
 
 
 def test_a_saved_demo_model_loads_with_load_model(results):

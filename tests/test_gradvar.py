@@ -75,4 +75,19 @@ def test_paired_gradients_on_the_tiny_model(tmp_path, monkeypatch):
         assert math.isfinite(shaped.dapo[key]) and math.isfinite(shaped.pgpo[key])
     assert shaped.pgpo["mean_sq_norm"] != pytest.approx(shaped.dapo["mean_sq_norm"], rel=1e-6)
     assert 0 < shaped.gated_frac < 1 and shaped.n_params > 0
-    assert set(shaped.to_dict()["pgpo_over_dapo"]) == {"mean_sq_norm", "trace_cov", "snr"}
+    assert set(shaped.to_dict()["pgpo_over_dapo"]) == {"mean_sq_norm", "trace_cov", "snr", "mean_sq_norm_ci95"}
+
+
+def test_paired_ratio_interval_by_hand():
+    from pgpo.gradvar import paired_ratio_interval
+
+    # PGPO's squared norm exactly half of DAPO's on every batch: every resample gives 0.5
+    assert paired_ratio_interval([1.0, 2.0, 4.0], [2.0, 4.0, 8.0]) == pytest.approx([0.5, 0.5])
+    # batches resampled together: the interval holds the point estimate and lies within the extreme resamples
+    num, den = [1.0, 3.0, 2.0, 5.0], [2.0, 2.0, 4.0, 4.0]
+    lo, hi = paired_ratio_interval(num, den)
+    assert lo <= sum(num) / sum(den) <= hi
+    per_batch = [a / b for a, b in zip(num, den)]
+    assert min(per_batch) <= lo < hi <= max(per_batch)
+    with pytest.raises(ValueError, match="paired"):
+        paired_ratio_interval([1.0], [1.0])

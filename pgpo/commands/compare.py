@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     from pgpo.demo.report import summary_markdown, write_report
     from pgpo.demo.run import CompareConfig, run_demo
 
-    cfg = parse_config(CompareConfig, algos_alias(argv), "pgpo compare", repeatable=("--algorithms",))
+    cfg = parse_config(CompareConfig, algos_alias(argv), "pgpo compare", repeatable=("--algorithms", "--families"))
     console = Console()
     results = []
     for seed in range(cfg.seeds):

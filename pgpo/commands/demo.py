@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     from pgpo.demo.report import summary_markdown, write_report
     from pgpo.demo.run import DemoConfig, run_demo
 
-    cfg = parse_config(DemoConfig, algos_alias(argv), "pgpo demo", repeatable=("--algorithms",))
+    cfg = parse_config(DemoConfig, algos_alias(argv), "pgpo demo", repeatable=("--algorithms", "--families"))
     console = Console()
     results = run_demo(cfg, log=lambda msg: console.print(f"[bold cyan]pgpo demo[/] {msg}"))
     command = "pgpo demo " + shlex.join(argv) if argv else "make demo"

@@ -175,6 +175,24 @@ def report_tables(results: list[dict]) -> list[tuple[str, list[str], list[list[s
             )
         rows.append(row)
     tables.append(("Per task family (mean over seeds)", ["family", *acc], rows))
+    perception = _perception_rows(results)
+    if perception:
+        tables.append(
+            (
+                "Does S find the perception tokens? (taught answers of held-out questions; ground truth from the task "
+                "generator; mean over seeds)",
+                [
+                    "model",
+                    "AUROC of S (image vs rest)",
+                    "gate precision",
+                    "gate recall",
+                    "w~ mass on image tokens",
+                    "image share of tokens",
+                    "mean S image / template",
+                ],
+                perception,
+            )
+        )
     grad = _gradvar_rows(results)
     if grad:
         tables.append(
@@ -186,6 +204,7 @@ def report_tables(results: list[dict]) -> list[tuple[str, list[str], list[list[s
                     "E‖g‖² PGPO",
                     "tr Cov DAPO",
                     "tr Cov PGPO",
+                    "PGPO/DAPO E‖g‖² [95% bootstrap over batches, per seed]",
                     "PGPO/DAPO tr Cov",
                     "SNR PGPO/DAPO",
                 ],
@@ -199,6 +218,35 @@ def _lengths(results, name):
     if name == "warm start":
         return [r["before"].get("mean_completion_tokens", math.nan) for r in results]
     return [r["runs"][name]["after"].get("mean_completion_tokens", math.nan) for r in results if name in r["runs"]]
+
+
+def _perception_rows(results):
+    rows = []
+    entries = [("warm start", [r.get("perception_before") for r in results])]
+    for algorithm in results[0]["runs"]:
+        entries.append((f"after {algorithm}", [r["runs"][algorithm].get("perception") for r in results]))
+    for label, values in entries:
+        values = [v["overall"] for v in values if v]
+        if not values:
+            continue
+
+        def m(key, values=values):
+            return statistics.fmean(v[key] for v in values)
+
+        image_s = statistics.fmean(v["mean_S"]["image"] for v in values)
+        template_s = statistics.fmean(v["mean_S"]["template"] for v in values)
+        rows.append(
+            [
+                label,
+                f"{m('auroc'):.3f}",
+                f"{m('gate_precision'):.3f}",
+                f"{m('gate_recall'):.3f}",
+                f"{m('image_weight_share'):.3f}",
+                f"{m('image_token_share'):.3f}",
+                f"{image_s:.3g} / {template_s:.3g}",
+            ]
+        )
+    return rows
 
 
 def _gradvar_rows(results):
@@ -221,6 +269,14 @@ def _gradvar_rows(results):
                 f"{m(('pgpo', 'mean_sq_norm')):.3g}",
                 f"{m(('dapo', 'trace_cov')):.3g}",
                 f"{m(('pgpo', 'trace_cov')):.3g}",
+                f"{m(('pgpo_over_dapo', 'mean_sq_norm')):.3f} "
+                + "["
+                + "; ".join(
+                    f"{v['pgpo_over_dapo']['mean_sq_norm_ci95'][0]:.2f}-{v['pgpo_over_dapo']['mean_sq_norm_ci95'][1]:.2f}"
+                    for v in values
+                    if "mean_sq_norm_ci95" in v["pgpo_over_dapo"]
+                )
+                + "]",
                 f"{m(('pgpo_over_dapo', 'trace_cov')):.3f}",
                 f"{m(('pgpo_over_dapo', 'snr')):.3f}",
             ]
@@ -231,11 +287,19 @@ def _gradvar_rows(results):
 def settings_line(results: list[dict]) -> str:
     cfg = results[0]["config"]
     walls = ", ".join(f"{r.get('wall_seconds', float('nan')):.0f} s" for r in results)
+    step = {
+        a: statistics.fmean(r["runs"][a].get("median_step_seconds", math.nan) for r in results if a in r["runs"])
+        for a in results[0]["runs"]
+    }
+    ratio = f"; PGPO / DAPO {step['pgpo'] / step['dapo']:.2f}x" if "pgpo" in step and "dapo" in step else ""
     return (
         f"Settings: {cfg['rl_steps']} RL steps x {cfg['prompts_per_step']} prompts x {cfg['num_generations']} "
         f"rollouts (T {cfg['temperature']}), lr {cfg['learning_rate']}, rl_train {cfg['rl_train']}, "
         f"{cfg['n_test']} held-out questions, warm start {cfg['warm']['steps']} supervised steps. "
-        f"Wall time per seed: {walls}."
+        f"Wall time per seed: {walls}. Median RL step: "
+        + ", ".join(f"{a} {v:.2f} s" for a, v in step.items())
+        + ratio
+        + "."
     )
 
 

@@ -18,9 +18,15 @@ from pathlib import Path
 
 import torch
 
-from pgpo.demo.warmstart import WarmStartConfig, held_out_split, warm_start
+from pgpo.demo.warmstart import DEMO_WARM_STARTS, WarmStartConfig, held_out_split, validation_split, warm_start
 
 RL_TRAIN = ("all", "projector")
+EVAL_SPLITS = ("test", "val")
+# RL settings of each demo model where a flag leaves them unset (chosen on the validation split: docs/demo-report.md).
+DEMO_RL_DEFAULTS = {
+    "words": {"rl_steps": 60, "prompts_per_step": 4, "learning_rate": 3e-5, "max_completion_length": 40},
+    "smollm2": {"rl_steps": 20, "prompts_per_step": 2, "learning_rate": 5e-6, "max_completion_length": 48},
+}
 
 
 @dataclass
@@ -28,39 +34,80 @@ class DemoConfig:
     """Settings of one demo run (one seed); every field is a flag of ``pgpo demo`` / ``pgpo compare``."""
 
     out_dir: str = field(default="runs/demo", metadata={"help": "report folder"})
+    model: str = field(
+        default="words",
+        metadata={
+            "help": "the demo VLM's language model: 'words' (a small Llama over the tasks' words, trained from "
+            "scratch by the warm start) or 'smollm2' (SmolLM2-135M-Instruct + LoRA; ~20x slower per RL step)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the RL stage (training prompts, sampling)"})
     algorithms: list[str] = field(
         default_factory=lambda: ["dapo", "pgpo"], metadata={"help": "presets to train (pgpo.config.ALGORITHMS)"}
     )
-    rl_steps: int = field(default=20, metadata={"help": "RL optimizer steps per algorithm"})
-    prompts_per_step: int = field(default=2, metadata={"help": "prompts per RL step"})
+    rl_steps: int | None = field(
+        default=None, metadata={"help": "RL optimizer steps per algorithm (default: the model's)"}
+    )
+    prompts_per_step: int | None = field(default=None, metadata={"help": "prompts per RL step (default: the model's)"})
     num_generations: int = field(default=8, metadata={"help": "rollouts per prompt (G)"})
-    max_completion_length: int = field(default=48, metadata={"help": "completion tokens at most (RL and eval)"})
+    max_completion_length: int | None = field(
+        default=None, metadata={"help": "completion tokens at most, RL and eval (default: the model's)"}
+    )
     temperature: float = field(default=1.0, metadata={"help": "rollout temperature (the paper's 1.0)"})
-    learning_rate: float = field(default=5e-6, metadata={"help": "RL learning rate (AdamW, constant)"})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "RL learning rate, AdamW, constant (default: the model's)"}
+    )
     rl_train: str = field(default="all", metadata={"help": "what RL updates: 'all' (projector + LM) or 'projector'"})
     max_sampling_rounds: int = field(default=3, metadata={"help": "dynamic sampling: rounds per step at most"})
     n_train: int = field(default=512, metadata={"help": "training questions"})
-    n_test: int = field(default=96, metadata={"help": "held-out test questions (reported once per model)"})
+    n_test: int = field(default=512, metadata={"help": "held-out questions (reported once per model)"})
+    eval_split: str = field(
+        default="test",
+        metadata={
+            "help": "where the held-out questions come from: 'test' (the demo's test split, the same for every "
+            "seed) or 'val' (the validation stream settings are chosen on; never tune on 'test')"
+        },
+    )
     n_val: int = field(default=32, metadata={"help": "validation questions for the accuracy-vs-step curves"})
+    n_perception: int = field(
+        default=128,
+        metadata={"help": "held-out questions whose taught answers measure S against the perception tokens (0 = off)"},
+    )
     eval_every: int = field(default=5, metadata={"help": "validation accuracy every N RL steps (0 = off)"})
     eval_batch_size: int = field(default=32, metadata={"help": "greedy evaluation batch size"})
     gradvar_batches: int = field(
-        default=0, metadata={"help": "gradient variance (pgpo gradvar) over K rollout batches, before and after RL"}
+        default=8, metadata={"help": "gradient variance (pgpo gradvar) over K rollout batches, before and after RL"}
     )
     gradvar_params: str = field(
         default="trainable", metadata={"help": "gradient variance over: 'trainable' or name substrings (pgpo gradvar)"}
     )
     mask_truncated_completions: bool = field(
-        default=True, metadata={"help": "DAPO's overlong filtering: truncated completions get no loss (the preset's)"}
+        default=False,
+        metadata={
+            "help": "DAPO's overlong filtering: truncated completions get no loss. Off by default: with it on, "
+            "the word LM learned to loop until the length cap, unpenalised (docs/demo-report.md)"
+        },
     )
     save_models: bool = field(default=True, metadata={"help": "save each trained model under <out>/<algorithm>/model"})
+    families: list[str] | None = field(
+        default=None,
+        metadata={"help": "task families, comma- or space-separated (default: the model's warm start's)"},
+    )
     warm_steps: int | None = field(default=None, metadata={"help": "supervised warm-start steps (default: its own)"})
     # The warm start's own settings (library only; cached by them): set the attribute after construction.
     warm: WarmStartConfig = field(default_factory=WarmStartConfig, init=False)
 
     def __post_init__(self):
         from pgpo.config import ALGORITHMS
+
+        if self.model not in DEMO_WARM_STARTS:
+            raise ValueError(f"model must be one of {tuple(DEMO_WARM_STARTS)}, got {self.model!r}")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(f"eval_split must be one of {EVAL_SPLITS}, got {self.eval_split!r}")
+        self.warm = DEMO_WARM_STARTS[self.model]
+        for name, value in DEMO_RL_DEFAULTS[self.model].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
         unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if unknown:
@@ -72,6 +119,11 @@ class DemoConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warm_steps is not None:
             self.warm = replace(self.warm, steps=self.warm_steps)
+        if self.families is not None:
+            from pgpo.tasks.families import family_names
+
+            self.families = list(family_names(self.families))
+            self.warm = replace(self.warm, families=tuple(self.families))
 
 
 @dataclass
@@ -91,7 +143,7 @@ def samples(split: str, n: int, cfg: DemoConfig, salt: int = 0):
     from pgpo.tasks import make_split
 
     if split == "test":
-        return held_out_split(n, cfg.warm)
+        return (held_out_split if cfg.eval_split == "test" else validation_split)(n, cfg.warm)
     offset = 1000 * (cfg.seed + 1) + salt
     return make_split(split, n, seed=offset, families=cfg.warm.families, size=cfg.warm.image_size)
 
@@ -140,6 +192,39 @@ def _accuracy_callback(processor, val, cfg: DemoConfig, curve: list):
     return AccuracyCurve()
 
 
+def _step_timer(seconds: list):
+    """Wall seconds of each optimizer step (generation, scoring, update; not the validation curve's evaluation)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            seconds.append(time.perf_counter() - self.t0)
+
+    return StepTimer()
+
+
+def _quiet_progress():
+    """TRL's progress bar (with its ETA) without the dict of every metric printed under it at each step: the metrics
+    are in ``results.json`` and the report's curves."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "reward" in logs:
+                self.training_bar.set_postfix(reward=f"{logs['reward']:.2f}", refresh=False)
+
+    return QuietProgress()
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return float("nan") if n == 0 else (ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2)
+
+
 def rl_config(algorithm: str, cfg: DemoConfig, out: Path):
     """The preset of ``algorithm`` with the demo's scaled-down setup over it (one reward function: the task check)."""
     from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
@@ -164,6 +249,7 @@ def rl_config(algorithm: str, cfg: DemoConfig, out: Path):
         log_visual_dependency=True,  # DAPO's dependency is logged too, for the comparison plots
         log_completions=False,
         disable_tqdm=False,
+        gradient_checkpointing=False,  # a small model: recomputing activations would only cost time
         reward_weights=None,  # one reward function (the task's checker)
         mask_truncated_completions=cfg.mask_truncated_completions,
         max_sampling_rounds=cfg.max_sampling_rounds,
@@ -183,6 +269,7 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
         model.model.language_model.requires_grad_(False)
     model.train()
     curve: list[tuple[int, float]] = []
+    step_seconds: list[float] = []
     val = samples("train", cfg.n_val, cfg, salt=7) if cfg.eval_every else []  # other seeds than the training set
     trainer = PGPOTrainer(
         model=model,
@@ -190,12 +277,18 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
         args=rl_config(algorithm, cfg, out),
         train_dataset=to_hf_dataset(samples("train", cfg.n_train, cfg)),
         processing_class=processor,
-        callbacks=[_accuracy_callback(processor, val, cfg, curve)] if cfg.eval_every else None,
+        # the timer first: it stops before the validation curve's evaluation runs
+        callbacks=[_step_timer(step_seconds)]
+        + ([_accuracy_callback(processor, val, cfg, curve)] if cfg.eval_every else []),
     )
+    from transformers.trainer_callback import ProgressCallback
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_quiet_progress())
     t0 = time.time()
     trainer.train()
     seconds = time.time() - t0
-    log(f"{algorithm}: {cfg.rl_steps} RL steps in {seconds:.0f} s")
+    log(f"{algorithm}: {cfg.rl_steps} RL steps in {seconds:.0f} s (median step {median(step_seconds):.2f} s)")
     saved = None
     if cfg.save_models:
         saved = out / algorithm / "model"
@@ -207,6 +300,7 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
         "history": trainer.state.log_history,
         "curve": curve,
         "seconds": seconds,
+        "step_seconds": step_seconds,
         "saved": str(saved) if saved else None,
     }
 
@@ -232,6 +326,27 @@ def gradient_statistics(model, processor, cfg: DemoConfig, out: Path) -> dict:
     return gradient_variance(trainer, gcfg.batches, params=gcfg.params).to_dict()
 
 
+def perception(model, processor, samples, cfg: DemoConfig) -> dict:
+    """Does ``S`` find the perception tokens? :func:`pgpo.inspection.groundtruth.measure_perception` on the taught
+    answers of ``samples`` (the prompt RL trained on), without the per-token lists."""
+    from pgpo.inspection.groundtruth import measure_perception
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        res = measure_perception(
+            model,
+            processor,
+            samples,
+            system_prompt=cfg.warm.system_prompt,
+            prompt_template=cfg.warm.prompt_template,
+            answer_format=cfg.warm.answer_format,
+            temperature=cfg.temperature,
+        )
+    model.train(was_training)
+    return {k: v for k, v in res.items() if k != "responses"}
+
+
 def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Warm start (cached), evaluate, train each algorithm, evaluate, write ``results.json``; returns the results."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -247,6 +362,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     before = evaluate_accuracy(model, processor, test, cfg.eval_batch_size, cfg.max_completion_length)
     log(f"before RL: held-out accuracy {before['accuracy']:.3f}")
     results = {"config": _jsonable(asdict(cfg)), "before": before, "runs": {}, "warm_path": str(warm_path)}
+    if cfg.n_perception:
+        results["perception_before"] = perception(model, processor, test[: cfg.n_perception], cfg)
     if cfg.gradvar_batches:
         results["gradvar_before"] = gradient_statistics(model, processor, cfg, out)
     for algorithm in cfg.algorithms:
@@ -258,14 +375,29 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
             "history": _clean(run["history"]),
             "curve": run["curve"],
             "seconds": run["seconds"],
+            "step_seconds": run["step_seconds"],
+            "median_step_seconds": median(run["step_seconds"]),
             "saved": run["saved"],
         }
+        if cfg.n_perception:
+            results["runs"][algorithm]["perception"] = perception(
+                run["model"], processor, test[: cfg.n_perception], cfg
+            )
         if cfg.gradvar_batches:
             results["runs"][algorithm]["gradvar"] = gradient_statistics(run["model"], processor, cfg, out)
         if algorithm.startswith("pgpo") and "heatmap_sample" not in results:
             results["heatmap_sample"] = _sample_dependency(run["model"], processor, test[0], cfg)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     results["wall_seconds"] = time.time() - t0
+    steps = {a: r["median_step_seconds"] for a, r in results["runs"].items()}
+    if "pgpo" in steps and "dapo" in steps:
+        results["pgpo_dapo_step_ratio"] = steps["pgpo"] / steps["dapo"]
+    log(
+        "median RL step: "
+        + ", ".join(f"{a} {s:.2f} s" for a, s in steps.items())
+        + (f"; PGPO / DAPO {results['pgpo_dapo_step_ratio']:.2f}x" if "pgpo_dapo_step_ratio" in results else "")
+        + f"; whole run {results['wall_seconds'] / 60:.1f} min"
+    )
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
