@@ -184,6 +184,13 @@ class PGPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        # TRL's GRPOConfig sets transformers' deprecated `gradient_checkpointing` name (default True), so every config
+        # warned "deprecated ... use activation_checkpointing". Resolve the alias here, as transformers would, so the
+        # notice (about TRL's field, not the user's code) is not printed: same value, no warning.
+        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is not None:
+            self.activation_checkpointing = self.gradient_checkpointing
+            if self.activation_checkpointing_kwargs is None:
+                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
         super().__post_init__()
         get_shaping(self.advantage_shaping)  # unknown names: ValueError listing the registered ones
         choices = {

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -52,6 +53,9 @@ from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, black_pixel, blacken_imag
 from pgpo.validation import check_for_processor, check_output_dir, named_reward, validate_dataset
 
 logger = logging.getLogger(__name__)
+# TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` alias inside its own calls
+# (trl.models.utils.disable_gradient_checkpointing): a notice about TRL's code, not the user's, so it is not shown.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEPENDENCY_SOURCES = ("none", "trl_old_logps", "training_forward", "own_pass")
 # The keyword arguments TRL's _get_per_token_logps_and_entropies takes for the image tensors.

@@ -78,6 +78,9 @@ def test_demo_runs_dapo_and_pgpo_saves_models_and_logs_metrics(results):
     for measured in (res["perception_before"], *(run["perception"] for run in res["runs"].values())):
         overall = measured["overall"]
         assert overall["n_responses"] == 6 and overall["n_image"] > 0 and 0.0 <= overall["auroc"] <= 1.0
+    example = res["runs"]["pgpo"]["perception"]["example"]  # the heatmap's answer, with its ground truth
+    assert len(example["tokens"]) == len(example["labels"]) == len(example["I"]) == len(example["w"])
+    assert "image" in example["labels"] and example["question"].endswith("?")
     # step times, and the ratio PGPO / DAPO printed at the end
     assert all(run["median_step_seconds"] > 0 for run in res["runs"].values())
     assert res["pgpo_dapo_step_ratio"] == pytest.approx(
@@ -119,7 +122,13 @@ def test_report_has_real_tables_plots_and_heatmap(results, tmp_path):
     assert "| pgpo |" in md and "| dapo |" in md and "± 0.000" in md and "pgpo − dapo" in md
     page = (tmp_path / "report.html").read_text()
     assert "<table>" in page and "<th>model</th>" in page and "<pre>" not in page  # rendered tables, not raw Markdown
-    for name in ("accuracy.png", "reward.png", "accuracy_curve.png", "dependency_heatmap.png"):
+    for name in (
+        "accuracy.png",
+        "reward.png",
+        "accuracy_curve.png",
+        "dependency_heatmap.png",
+        "perception_heatmap.png",
+    ):
         assert (tmp_path / name).stat().st_size > 1000, name
 
 
@@ -152,3 +161,29 @@ def test_rl_train_projector_leaves_the_language_model_untouched(results, tmp_pat
     assert all(after[n].requires_grad for n in proj) and not any(after[n].requires_grad for n in lm)
     with pytest.raises(ValueError, match="rl_train"):
         DemoConfig(rl_train="lm")
+
+
+def test_heatmap_marks_must_match_the_tokens(tmp_path):
+    from pgpo.inspection import render_png
+
+    path = render_png(["a", " red", " circle"], [0.0, 0.9, 0.5], 0.4, tmp_path / "h.png", marked=[False, True, True])
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="marks"):
+        render_png(["a", " red"], [0.0, 0.9], 0.4, tmp_path / "x.png", marked=[True])
+
+
+def test_demo_models_pick_their_warm_start_and_rl_defaults():
+    from pgpo.demo.run import DEMO_RL_DEFAULTS
+    from pgpo.demo.warmstart import DEMO_WARM_STARTS
+
+    words, smol = DemoConfig(), DemoConfig(model="smollm2")
+    assert words.warm == DEMO_WARM_STARTS["words"] and words.warm.language == "words"
+    assert smol.warm == DEMO_WARM_STARTS["smollm2"] and smol.warm.language == "smollm2"
+    for cfg, name in ((words, "words"), (smol, "smollm2")):
+        assert {k: getattr(cfg, k) for k in DEMO_RL_DEFAULTS[name]} == DEMO_RL_DEFAULTS[name]
+    assert DemoConfig(learning_rate=1e-3).learning_rate == 1e-3  # a flag overrides the model's default
+    assert DemoConfig(families=["count,compare"]).warm.families == ("count", "compare")
+    with pytest.raises(ValueError, match="model must be one of"):
+        DemoConfig(model="gpt5")
+    with pytest.raises(ValueError, match="eval_split"):
+        DemoConfig(eval_split="train")

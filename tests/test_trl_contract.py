@@ -163,3 +163,20 @@ def test_pixel_value_split_round_trip():
     merged = unsplit_pixel_values_by_grid(split)
     assert torch.equal(merged["pixel_values"], batch["pixel_values"])
     assert torch.equal(merged["image_grid_thw"], batch["image_grid_thw"])
+
+
+def test_pgpo_config_resolves_trls_deprecated_checkpointing_name_without_a_warning():
+    """TRL's GRPOConfig sets transformers' deprecated `gradient_checkpointing` (default True); PGPOConfig maps it to
+    `activation_checkpointing` itself: same values, no FutureWarning on every run."""
+    import warnings
+
+    from pgpo.config import PGPOConfig
+
+    cpu = {"use_cpu": True, "bf16": False, "output_dir": "unused"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert PGPOConfig(**cpu).activation_checkpointing is True  # TRL's default kept
+        off = PGPOConfig(**cpu, gradient_checkpointing=False)
+        assert off.activation_checkpointing is False and off.gradient_checkpointing is False
+        new = PGPOConfig(**cpu, activation_checkpointing=False)
+        assert new.activation_checkpointing is False and new.gradient_checkpointing is False

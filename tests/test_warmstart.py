@@ -145,7 +145,8 @@ def test_warm_start_is_cached_by_its_settings(tmp_path, monkeypatch):
     assert any("cached" in m for m in again) and (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folders left
     # python -m pgpo.demo.warmstart with the same settings (kebab-case flags too) reuses it, then measures it.
-    argv = ["--n_samples", "4", "--steps", "1", "--batch-size", "2", "--train", "lora", "--lora_rank", "2"]
+    argv = ["--model", "smollm2", "--n_samples", "4", "--steps", "1", "--batch-size", "2", "--train", "lora"]
+    argv += ["--lora_rank", "2"]
     argv += ["--families", "count,clock", "--align-samples", "8", "--n_eval", "2", "--n_sampled", "1", "--k", "2"]
     argv += ["--image_size", "64", "--vision_grid", "2", "--vision_blocks", "19"]
     res = main([*argv, "--json", str(tmp_path / "measured.json")])

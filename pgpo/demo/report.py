@@ -220,6 +220,16 @@ def _lengths(results, name):
     return [r["runs"][name]["after"].get("mean_completion_tokens", math.nan) for r in results if name in r["runs"]]
 
 
+def _perception_example(result: dict):
+    """(model name, response) of the heatmap with the ground truth: the PGPO run's, else the warm start's."""
+    for name, run in result.get("runs", {}).items():
+        if name.startswith("pgpo") and (run.get("perception") or {}).get("example"):
+            return f"after {name}", run["perception"]["example"]
+    if (result.get("perception_before") or {}).get("example"):
+        return "warm start", result["perception_before"]["example"]
+    return None
+
+
 def _perception_rows(results):
     rows = []
     entries = [("warm start", [r.get("perception_before") for r in results])]
@@ -351,6 +361,23 @@ def write_report(results: list[dict], out_dir: str | Path, command: str) -> Path
                 title=f"PGPO model, held-out question: {sample['question']} (gold: {sample['answer']}); "
                 "colour: I (Eqs. 4-5), line: w~ (Eq. 7)",
                 weights=sample["weights"],
+            )
+        )
+    example = _perception_example(results[0])
+    if example:
+        from pgpo.inspection import render_png
+
+        name, response = example
+        pngs.append(
+            render_png(
+                response["tokens"],
+                response["I"],
+                results[0]["perception_before"]["tau"],
+                out / "perception_heatmap.png",
+                title=f"{name}, the taught answer of a held-out question: {response['question']} "
+                "(colour: I, Eqs. 4-5; line: w~, Eq. 7; red: what the task generator says names the image)",
+                weights=response["w"],
+                marked=[label == "image" for label in response["labels"]],
             )
         )
     md = summary_markdown(results, command)

@@ -344,7 +344,10 @@ def perception(model, processor, samples, cfg: DemoConfig) -> dict:
             temperature=cfg.temperature,
         )
     model.train(was_training)
-    return {k: v for k, v in res.items() if k != "responses"}
+    # one answer for the report's heatmap: the first with a token that needs the image
+    example = next((r for r in res["responses"] if "image" in r["labels"]), res["responses"][0])
+    example = {**example, "question": samples[res["responses"].index(example)]["question"]}
+    return {**{k: v for k, v in res.items() if k != "responses"}, "example": example}
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:

@@ -222,10 +222,14 @@ def render_png(
     cmap: str = COLORMAP,
     value_label: str = "I",
     weights: Sequence[float] | None = None,
+    marked: Sequence[bool] | None = None,
+    marked_label: str = "ground-truth perception token",
 ) -> Path:
     """A PNG of one answer's per-token values: the answer as wrapped, coloured text (a heatmap; tokens at or above
     the gate boxed) above a bar chart of the values with the gate ``threshold`` as a dashed line, and, when
-    ``weights`` are given, PGPO's weight ``w~`` per token as a line on a second axis.
+    ``weights`` are given, PGPO's weight ``w~`` per token as a line on a second axis. Tokens where ``marked`` is
+    true (say the ground-truth perception tokens of :mod:`pgpo.inspection.groundtruth`) are underlined in red in the
+    text and flagged with a red triangle under their bar.
 
     Only the first ``max_tokens`` tokens are drawn (noted in the title). Returns ``path``.
     """
@@ -235,6 +239,9 @@ def render_png(
 
     vals = _check_pair(tokens, values)
     w_all = _check_pair(tokens, weights) if weights is not None else None
+    if marked is not None and len(marked) != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens but {len(marked)} marks")
+    marks = [bool(m) for m in marked][:max_tokens] if marked is not None else None
     threshold = float(threshold)
     n_all = len(vals)
     tokens, vals = list(tokens)[:max_tokens], vals[:max_tokens]
@@ -286,11 +293,18 @@ def render_png(
             fontsize=fontsize,
             color="black" if lum > 0.55 else "white",
         )
+        if marks is not None and marks[i]:
+            ax_t.plot([c + 0.1, c + w - 0.1], [ln + 0.95, ln + 0.95], color="#d62728", linewidth=2.2)
 
     x = list(range(len(vals)))
     ax_b.bar(x, vals, color=[cm(norm(v)) for v in vals], edgecolor="#555", linewidth=0.3, width=0.85)
     ax_b.axhline(threshold, color="#1f4fd1", linestyle="--", linewidth=1.2, label=f"gate \u03c4 = {threshold:.3g}")
     ax_b.set_ylabel(value_label)
+    if marks is not None and any(marks):
+        hit = [i for i, m in enumerate(marks) if m]
+        ax_b.scatter(
+            hit, [0] * len(hit), marker="^", color="#d62728", s=28, zorder=4, label=marked_label, clip_on=False
+        )
     if w_all is not None:
         ax_w = ax_b.twinx()
         ax_w.plot(x, w_all[: len(vals)], color="#222", marker="o", markersize=2.5, linewidth=1.0, label="w~ (Eq. 7)")
