@@ -230,15 +230,20 @@ def _perception_example(result: dict):
     return None
 
 
+def _stages(results, before_key: str, run_key: str) -> list[tuple[str, list[dict]]]:
+    """``[("warm start", [per-seed values]), ("after dapo", [...]), ...]`` of one measurement taken at the warm start
+    (``results[k][before_key]``) and after each RL run (``results[k]["runs"][a][run_key]``); stages never measured
+    are left out."""
+    entries = [("warm start", [r.get(before_key) for r in results])]
+    for algorithm in results[0]["runs"]:
+        entries.append((f"after {algorithm}", [r["runs"][algorithm].get(run_key) for r in results]))
+    return [(label, [v for v in values if v]) for label, values in entries if any(values)]
+
+
 def _perception_rows(results):
     rows = []
-    entries = [("warm start", [r.get("perception_before") for r in results])]
-    for algorithm in results[0]["runs"]:
-        entries.append((f"after {algorithm}", [r["runs"][algorithm].get("perception") for r in results]))
-    for label, values in entries:
-        values = [v["overall"] for v in values if v]
-        if not values:
-            continue
+    for label, measured in _stages(results, "perception_before", "perception"):
+        values = [v["overall"] for v in measured]
 
         def m(key, values=values):
             return statistics.fmean(v[key] for v in values)
@@ -261,13 +266,7 @@ def _perception_rows(results):
 
 def _gradvar_rows(results):
     rows = []
-    entries = [("warm start", [r.get("gradvar_before") for r in results])]
-    for algorithm in results[0]["runs"]:
-        entries.append((f"after {algorithm}", [r["runs"][algorithm].get("gradvar") for r in results]))
-    for label, values in entries:
-        values = [v for v in values if v]
-        if not values:
-            continue
+    for label, values in _stages(results, "gradvar_before", "gradvar"):
 
         def m(path, values=values):
             return statistics.fmean(v[path[0]][path[1]] for v in values)
