@@ -187,3 +187,10 @@ def test_demo_models_pick_their_warm_start_and_rl_defaults():
         DemoConfig(model="gpt5")
     with pytest.raises(ValueError, match="eval_split"):
         DemoConfig(eval_split="train")
+
+
+def test_median_step_time():
+    from pgpo.demo.run import median
+
+    assert median([3.0, 1.0, 2.0]) == 2.0 and median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert math.isnan(median([]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -206,9 +207,9 @@ def _step_timer(seconds: list):
     return StepTimer()
 
 
-def _quiet_progress():
-    """TRL's progress bar (with its ETA) without the dict of every metric printed under it at each step: the metrics
-    are in ``results.json`` and the report's curves."""
+def _quiet_progress(trainer) -> None:
+    """Swap TRL's progress bar for one that keeps its ETA (and shows the reward) without the dict of every metric
+    printed under it at each step: the metrics are in ``results.json`` and the report's curves."""
     from transformers.trainer_callback import ProgressCallback
 
     class QuietProgress(ProgressCallback):
@@ -216,13 +217,13 @@ def _quiet_progress():
             if state.is_world_process_zero and self.training_bar is not None and logs and "reward" in logs:
                 self.training_bar.set_postfix(reward=f"{logs['reward']:.2f}", refresh=False)
 
-    return QuietProgress()
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgress())
 
 
 def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    return float("nan") if n == 0 else (ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2)
+    """The median, nan for no values (a run with no optimizer step)."""
+    return statistics.median(values) if values else math.nan
 
 
 def rl_config(algorithm: str, cfg: DemoConfig, out: Path):
@@ -281,10 +282,7 @@ def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=p
         callbacks=[_step_timer(step_seconds)]
         + ([_accuracy_callback(processor, val, cfg, curve)] if cfg.eval_every else []),
     )
-    from transformers.trainer_callback import ProgressCallback
-
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_quiet_progress())
+    _quiet_progress(trainer)
     t0 = time.time()
     trainer.train()
     seconds = time.time() - t0
@@ -333,16 +331,15 @@ def perception(model, processor, samples, cfg: DemoConfig) -> dict:
 
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        res = measure_perception(
-            model,
-            processor,
-            samples,
-            system_prompt=cfg.warm.system_prompt,
-            prompt_template=cfg.warm.prompt_template,
-            answer_format=cfg.warm.answer_format,
-            temperature=cfg.temperature,
-        )
+    res = measure_perception(  # no_grad itself
+        model,
+        processor,
+        samples,
+        system_prompt=cfg.warm.system_prompt,
+        prompt_template=cfg.warm.prompt_template,
+        answer_format=cfg.warm.answer_format,
+        temperature=cfg.temperature,
+    )
     model.train(was_training)
     # one answer for the report's heatmap: the first with a token that needs the image
     example = next((r for r in res["responses"] if "image" in r["labels"]), res["responses"][0])
