@@ -207,6 +207,7 @@ class PGPOConfig(GRPOConfig):
             value = getattr(self, name, None)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
+        self._check_reward_weights()
         for name in ("patch_blackout_prob", "papo_mask_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -233,6 +234,19 @@ class PGPOConfig(GRPOConfig):
             )
         self.shaping_config()  # validates the method's own options (finite, in range), naming the option
         self._check_save_schedule()
+
+    def _check_reward_weights(self) -> None:
+        """NaN / inf weights, or weights that are all 0, make every advantage 0 (TRL sets NaN advantages to 0): the run
+        would train nothing without a word. Negative weights (penalties) are allowed."""
+        weights = self.reward_weights or []
+        for i, w in enumerate(weights):
+            if not math.isfinite(w):
+                raise ValueError(f"reward_weights[{i}] must be finite, got {w} (reward_weights={weights})")
+        if weights and not any(weights):
+            raise ValueError(
+                f"reward_weights are all 0 ({weights}): every reward is multiplied by 0, so every advantage is 0 and "
+                "the policy gradient is zero; give at least one reward function a non-zero weight"
+            )
 
     def _check_save_schedule(self) -> None:
         """Checkpoints must fall between TRL's generation batches to be resumable exactly

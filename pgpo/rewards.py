@@ -179,6 +179,41 @@ REWARD_FUNCTIONS = {  # name -> import path: the names `pgpo train --reward_func
 }
 
 
+def check_group_statistics(rewards_per_func, weights, num_generations: int, names: list[str]) -> None:
+    """``FloatingPointError`` when a group's rewards overflow the float32 statistics its advantages are normalised with.
+
+    ``rewards_per_func`` is TRL's ``[N, F]`` float32 tensor (NaN: not scored), groups of ``num_generations``
+    consecutive rows. TRL takes each group's mean and std of the weighted total (or of each function's rewards, with
+    ``multi_objective_aggregation="normalize_then_sum"``) and turns NaN advantages into 0: rewards near 1e38, or about
+    1e19 apart (the std squares the deviations), would give a step that trains nothing, without a word.
+    """
+    import torch
+    from trl.trainer.utils import nanstd
+
+    total = (rewards_per_func * weights.to(rewards_per_func.device)).nansum(dim=1)
+    total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    columns = torch.cat([rewards_per_func, total[:, None]], dim=1).view(-1, num_generations, len(names) + 1)
+    scored = (~torch.isnan(columns)).sum(dim=1)
+    mean, std = torch.nanmean(columns, dim=1), nanstd(columns, dim=1)
+    bad = ((scored > 0) & ~torch.isfinite(mean)) | ((scored > 1) & ~torch.isfinite(std))
+    if not bad.any():
+        return
+    group, column = (int(i) for i in bad.nonzero()[0])
+
+    def values(col: int) -> str:
+        return "[" + ", ".join(f"{v:.3g}" for v in columns[group, :, col].tolist()) + "]"
+
+    label = repr(names[column]) if column < len(names) else "the weighted total"
+    gave = "; ".join(f"reward function {name!r} gave {values(i)}" for i, name in enumerate(names))
+    raise FloatingPointError(
+        f"rewards of group {group} overflow float32 in the group statistics the advantages are normalised with "
+        f"({label}: mean {mean[group, column]:.3g}, std {std[group, column]:.3g}): {gave}; weighted total "
+        f"{values(len(names))}. The advantages would be 0 (TRL sets NaN ones to 0): a step that trains nothing. "
+        "Rewards must stay well below 1e19 in magnitude (float32 ends at 3.4e38 and the std squares the deviations): "
+        "rescale them"
+    )
+
+
 def reward_functions(names: list[str]):
     """Reward functions by short name (:data:`REWARD_FUNCTIONS`) or dotted import path (``module.function``)."""
     funcs = []

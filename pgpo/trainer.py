@@ -48,6 +48,7 @@ from pgpo.config import PGPOConfig
 from pgpo.data import image_values
 from pgpo.dependency import score_batch
 from pgpo.loss_terms import LossContext, get_loss_term
+from pgpo.rewards import check_group_statistics
 from pgpo.sampling import DynamicSampler, RefillStream, check_layout
 from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, black_pixel, blacken_image, image_token_spec
 from pgpo.validation import check_for_processor, check_output_dir, named_reward, validate_dataset
@@ -412,6 +413,8 @@ class PGPOTrainer(GRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._round_rewards = rewards_per_func  # gathered over processes: the dynamic-sampling filter reads it
         mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        check_group_statistics(rewards_per_func, self.reward_weights, num_generations, self.reward_func_names)
         unscorable = torch.isnan(rewards_per_func).all(dim=1).float().mean().item()
         self._metrics[mode]["rewards/unscorable_frac"].append(unscorable)
         return rewards_per_func

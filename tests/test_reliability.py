@@ -423,3 +423,45 @@ def test_hub_ids_are_left_to_the_hub(tmp_path, monkeypatch):
     assert missing_model_folder(str(tmp_path)) is None
     (tmp_path / "weights.bin").write_text("")
     assert missing_model_folder("weights.bin") == "model path is a file, not a model folder: weights.bin"
+
+
+# ----------------------------------------------------------------------------------------------- nothing silent
+
+
+@pytest.mark.parametrize(
+    "reward_weights, message",
+    [
+        pytest.param([0.9, math.nan], r"reward_weights\[1\] must be finite, got nan", id="nan"),
+        pytest.param([math.inf, 0.1], r"reward_weights\[0\] must be finite, got inf", id="inf"),
+        pytest.param([0.0, 0.0], r"reward_weights are all 0 .*every advantage is 0", id="all_zero"),
+    ],
+)
+def test_non_finite_or_all_zero_reward_weights_are_refused_by_the_config(tmp_path, reward_weights, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, reward_weights=reward_weights)
+
+
+def test_negative_reward_weights_are_accepted(tmp_path):
+    """A penalty (a negative weight) is a legitimate reward design."""
+    assert config(tmp_path, reward_weights=[1.0, -0.5]).reward_weights == [1.0, -0.5]
+
+
+@pytest.mark.parametrize(
+    "rewards, message",
+    [  # [1e38, -1e38]: the std squares 1e38 (inf in float32), every advantage r / inf = 0
+        pytest.param([1e38, -1e38], r"std inf\).*'huge' gave \[1e\+38, -1e\+38\]", id="std"),
+        # [3e38, 3e38]: the group's sum overflows, the mean is inf, every advantage inf - inf = NaN, which TRL sets to 0
+        pytest.param([3e38, 3e38], r"mean inf.*'huge' gave \[3e\+38, 3e\+38\]", id="mean"),
+    ],
+)
+def test_rewards_that_overflow_the_group_statistics_stop_the_run_before_the_optimizer_step(
+    tmp_path, processor, rewards, message
+):
+    def huge(completions, **kwargs):
+        return rewards * (len(completions) // 2)
+
+    t = trainer(tmp_path, processor, dataset(), "grpo", reward=huge)
+    before = weights(t.model)
+    with pytest.raises(FloatingPointError, match=r"rewards of group 0 overflow float32 .*" + message):
+        t.train()
+    assert_untouched(t, before)
