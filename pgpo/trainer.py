@@ -51,7 +51,13 @@ from pgpo.loss_terms import LossContext, get_loss_term
 from pgpo.rewards import check_group_statistics
 from pgpo.sampling import DynamicSampler, RefillStream, check_layout
 from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, black_pixel, blacken_image, image_token_spec
-from pgpo.validation import check_for_processor, check_output_dir, named_reward, validate_dataset
+from pgpo.validation import (
+    check_for_processor,
+    check_free_space,
+    check_output_dir,
+    named_reward,
+    validate_dataset,
+)
 
 logger = logging.getLogger(__name__)
 # TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` alias inside its own calls
@@ -121,6 +127,7 @@ class PGPOTrainer(GRPOTrainer):
             check_for_processor(train_dataset, self.processing_class, self.model)
         if not isinstance(self.args, PGPOConfig):
             raise TypeError(f"PGPOTrainer needs a PGPOConfig, got {type(self.args).__name__}")
+        check_free_space(self.args.output_dir, self.model, self.args)  # the model is loaded (and PEFT-wrapped) now
         self._allow_text_only_micro_batches()
         self.reward_funcs = [
             f if isinstance(f, torch.nn.Module) or inspect.iscoroutinefunction(f) else named_reward(f, name)
@@ -544,6 +551,22 @@ class PGPOTrainer(GRPOTrainer):
                 if self._sampler is not None:
                     state["refill"] = self._sampler.refill.state_dict()
                 json.dump(state, f)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """transformers' ``save_model``; an ``OSError`` (a full disk, say) also says where the last checkpoint is."""
+        try:
+            super().save_model(output_dir, _internal_call)
+        except OSError as err:
+            run_dir, step = self.args.output_dir, self.state.global_step
+            last = ckpt.previous_checkpoint(os.path.join(run_dir, f"checkpoint-{step + 1}"))
+            strategy = getattr(self.args.save_strategy, "value", self.args.save_strategy)
+            where = (
+                f"the last checkpoint is {last} (step {last.rsplit('-', 1)[1]} of {step})"
+                if last
+                else f"there is no checkpoint in {run_dir} (save_strategy={strategy}): the trained weights are not on disk"
+            )
+            message = f"saving the model to {output_dir or run_dir} failed: {err.strerror or err}; {where}"
+            raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if model is not None or self.is_fsdp_enabled or self.is_deepspeed_enabled:  # their own checkpoint formats

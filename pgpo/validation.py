@@ -11,6 +11,7 @@
 * :func:`check_for_processor` is the processor part alone, for a trainer that loads its processor itself
   (it reads image headers only).
 * :func:`check_output_dir` probe-writes the output folder (creating it, as transformers would at its first save).
+* :func:`check_free_space` compares the folder's free space with what the run will save there.
 * :func:`named_reward` wraps a reward function: an exception is re-raised naming the function and the first sample
   that fails on its own; a result that is not one number (or ``None``) per completion, or a reward of +-inf, is an
   error naming the function and the sample; ``NaN`` rewards are returned as ``None`` (TRL's "unscorable": advantage
@@ -26,6 +27,7 @@ import math
 import numbers
 import os
 import re
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -333,6 +335,46 @@ def check_output_dir(path) -> None:
             f"output_dir {path} is not writable ({type(err).__name__}: {err.strerror or err}): checkpoints and the "
             "final model could not be saved; choose another --output_dir"
         ) from err
+
+
+def check_free_space(output_dir, model, args) -> None:
+    """Refuse a run whose saves do not fit the free space of ``output_dir``: the final model plus the checkpoints on
+    disk at once, each the weights and (unless ``save_only_model``) AdamW's 2 moments per trainable parameter (torch
+    keeps them in the parameter's dtype). A lower bound: the count of checkpoints is 1 when ``max_steps`` is not set."""
+    from pgpo.checkpoint import is_peft_model
+
+    params = list(model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    weights = trainable if is_peft_model(model) else sum(p.numel() * p.element_size() for p in params)
+    moments = 0 if args.save_only_model else 2 * trainable
+    checkpoints = _checkpoints_at_once(args)
+    need = weights + checkpoints * (weights + moments)
+    free = shutil.disk_usage(output_dir).free
+    if free >= need:
+        return
+    raise ValueError(
+        f"output_dir {output_dir} has {_size(free)} free, but this run writes about {_size(need)} there: the final "
+        f"model ({_size(weights)}) and {checkpoints} checkpoint(s) on disk at once of {_size(weights + moments)} each "
+        f"(weights {_size(weights)} + optimizer state {_size(moments)}). Lower it with --save_total_limit N (the "
+        "checkpoints kept), --save_only_model true (checkpoints without the optimizer state: they cannot be resumed) "
+        "or choose another --output_dir with more space"
+    )
+
+
+def _checkpoints_at_once(args) -> int:
+    """Checkpoints on disk at once: transformers writes one before it deletes the oldest beyond ``save_total_limit``."""
+    if args.save_strategy == "no":
+        return 0
+    if args.save_strategy != "steps" or args.max_steps <= 0:
+        return 1  # their number is not known yet
+    every = args.save_steps if args.save_steps >= 1 else math.ceil(args.max_steps * args.save_steps)
+    saves = args.max_steps // int(every)
+    limit = args.save_total_limit
+    return min(saves, limit + 1) if limit is not None and limit > 0 else saves
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 # ----------------------------------------------------------------------------------------------- rewards

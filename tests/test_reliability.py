@@ -465,3 +465,73 @@ def test_rewards_that_overflow_the_group_statistics_stop_the_run_before_the_opti
     with pytest.raises(FloatingPointError, match=r"rewards of group 0 overflow float32 .*" + message):
         t.train()
     assert_untouched(t, before)
+
+
+# ----------------------------------------------------------------------------------------------- nothing lost at the end
+
+
+def with_free_space(monkeypatch, free):
+    """``shutil.disk_usage`` reports ``free`` bytes (no disk is filled)."""
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=free))
+
+
+@pytest.mark.parametrize(
+    "overrides, checkpoints, moments, total",
+    [
+        pytest.param({}, 4, True, "1.02 GB", id="every_checkpoint_kept"),
+        # transformers writes a checkpoint before it deletes the oldest one beyond the limit: 2 at once for limit 1
+        pytest.param({"save_total_limit": 1}, 2, True, "548.0 MB", id="save_total_limit"),
+        pytest.param({"save_only_model": True}, 4, False, "391.4 MB", id="save_only_model"),
+    ],
+)
+def test_too_little_free_disk_for_the_run_is_refused_at_start(
+    tmp_path, processor, monkeypatch, overrides, checkpoints, moments, total
+):
+    """4 steps, a checkpoint each: the final model plus the checkpoints on disk at once, each the weights and (unless
+    save_only_model) AdamW's 2 moments per trainable parameter (the tiny model: 78.3 MB of float32, all trainable)."""
+    model = tiny_model(processor)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = params + checkpoints * params * (3 if moments else 1)
+    settings = dict(save_strategy="steps", save_steps=1, max_steps=4, **overrides)
+    with_free_space(monkeypatch, 10_000_000)
+    with pytest.raises(
+        ValueError,
+        match=rf"output_dir {tmp_path / 'out'} has 10.0 MB free, but this run writes about {total} there: the final "
+        rf"model \({params / 1e6:.1f} MB\) and {checkpoints} checkpoint\(s\) .*--save_total_limit.*--save_only_model"
+        r".*another --output_dir",
+    ):
+        trainer(tmp_path, processor, dataset(), model=model, **settings)
+    with_free_space(monkeypatch, need - 1)
+    with pytest.raises(ValueError, match="free, but this run writes about"):
+        trainer(tmp_path, processor, dataset(), model=model, **settings)
+    with_free_space(monkeypatch, need)
+    trainer(tmp_path, processor, dataset(), model=model, **settings)  # just enough: it builds
+
+
+@pytest.mark.parametrize("checkpointed", [True, False], ids=["after_a_checkpoint", "without_checkpoints"])
+def test_a_failed_final_save_says_where_the_last_checkpoint_is(tmp_path, processor, monkeypatch, checkpointed):
+    """The disk fills up at ``pgpo train``'s final ``save_model`` (after the checkpoint of step 1, or with none)."""
+    import errno
+
+    settings = dict(save_strategy="steps", save_steps=1) if checkpointed else {}
+    t = trainer(tmp_path, processor, dataset(), **settings)
+    if checkpointed:
+        t.train()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(t.model, "save_pretrained", disk_full)
+    out = t.args.output_dir
+    where = (
+        rf"the last checkpoint is {out}/checkpoint-1 \(step 1 of 1\)"
+        if checkpointed
+        else rf"there is no checkpoint in {out} \(save_strategy=no\): the trained weights are not on disk"
+    )
+    with pytest.raises(
+        OSError, match=rf"\[Errno 28\] saving the model to {out} failed: No space left on device; {where}"
+    ):
+        t.save_model(out)
