@@ -581,3 +581,35 @@ def test_load_model(tmp_path):
         load_model(str(tmp_path / "no_model"))
     with pytest.raises(ValueError, match="model folder not found"):
         load_model("./runs/missing")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Output folders and inputs: nothing mixed, nothing overwritten
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["eval", "inspect"])
+def test_unknown_key_in_a_config_yaml_is_named(command, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("temprature: 0.5\n" if command == "eval" else "promt: hi\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([command, "--config", str(path)])
+    key, close = ("temprature", "temperature") if command == "eval" else ("promt", "prompt")
+    assert exit_.value.code == 2
+    assert (
+        f"pgpo {command}: error: unknown option '{key}' in {path} (did you mean '{close}'?)" in capsys.readouterr().err
+    )
+
+
+def test_config_equals_form_and_a_missing_config_value(tmp_path, capsys):
+    from pgpo.commands.eval import parse
+
+    path = tmp_path / "c.yaml"
+    path.write_text("temperature: 0.5\nk: 3\n")
+    assert (parse([f"--config={path}", "--k", "2"]).temperature, parse([f"--config={path}"]).k) == (0.5, 3)
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--k", "2", "--config"])
+    assert (
+        exit_.value.code == 2
+        and "pgpo eval: error: argument --config: expected one argument" in capsys.readouterr().err
+    )

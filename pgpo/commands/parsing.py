@@ -3,7 +3,9 @@ parser under TRL's), snake_case flags, ``--config FILE.yaml`` for any of them, k
 
 from __future__ import annotations
 
+import difflib
 import sys
+from dataclasses import fields
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -37,19 +39,30 @@ def snake_case_flags(argv: list[str]) -> list[str]:
 
 
 def parse_config(cls: type[T], argv: list[str], prog: str, repeatable: tuple[str, ...] = ()) -> T:
-    """Parse ``argv`` into ``cls``; errors in the dataclass's own checks exit with status 2 and ``prog: error: ...``."""
+    """Parse ``argv`` into ``cls``; errors in the dataclass's own checks exit with status 2 and ``prog: error: ...``.
+
+    ``--config FILE.yaml`` (or ``--config=FILE.yaml``) sets defaults that flags override; a key of the YAML that is not
+    an option of ``cls`` is an error naming it (and the closest option)."""
+    import argparse
+
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(cls, prog=prog, description=(cls.__doc__ or "").strip().splitlines()[0])
-    argv = merge_repeated(snake_case_flags(argv), repeatable)
+    pre = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    config, argv = pre.parse_known_args(merge_repeated(snake_case_flags(argv), repeatable))
     try:
-        if "--config" in argv:
-            i = argv.index("--config")
-            path, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+        if config.config:
             import yaml
 
-            with open(path) as f:
+            with open(config.config) as f:
                 defaults = yaml.safe_load(f) or {}
+            options = [f.name for f in fields(cls)]
+            for key in defaults:
+                if key not in options:
+                    close = difflib.get_close_matches(str(key), options, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(f"unknown option {key!r} in {config.config}{hint}")
             parser.set_defaults(**defaults)
         (cfg,) = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
