@@ -588,6 +588,16 @@ def test_load_model(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def test_cli_eval_of_an_empty_benchmark_file_exits_2_naming_it(tmp_path, capsys):
+    data = tmp_path / "geo3k.jsonl"
+    data.write_text("")
+    out = tmp_path / "out"
+    rc = cli_main(["eval", "--model", "tiny-qwen", "--benchmark", "geo3k", "--data", str(data), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"geo3k: no questions in {data}" in err and "holds no rows" in err
+    assert not (out / "summary.json").exists()
+
+
 @pytest.mark.parametrize("command", ["eval", "inspect"])
 def test_unknown_key_in_a_config_yaml_is_named(command, tmp_path, capsys):
     path = tmp_path / "c.yaml"

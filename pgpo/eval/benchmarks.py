@@ -574,8 +574,8 @@ def load_benchmark(
     ``split`` picks split(s) of a DatasetDict / Hub folder (comma-separated for several); by default the benchmark's
     evaluation split. The protocol's row selection (``spec.select``) is applied, then ``limit`` keeps the first rows.
     Without a ``limit``, the number of selected rows is compared with ``spec.expected_rows`` (times the number of
-    splits) and a mismatch is logged as a warning. ``check_images`` decodes every image once so that a broken one
-    fails now, naming its row. Ids missing in the data become the row index; duplicated ids get ``#<row>`` appended;
+    splits) and a mismatch is logged as a warning; no selected row at all is a ``ValueError`` naming ``path``.
+    ``check_images`` decodes every image once so that a broken one fails now, naming its row. Ids missing in the data become the row index; duplicated ids get ``#<row>`` appended;
     with several splits the ids are ``<split>/<id>``.
     """
     spec = get_spec(name)
@@ -591,6 +591,9 @@ def load_benchmark(
                 f"columns present: {sorted(k for k in row if not k.startswith('__'))}"
             )
     indexed = [(i, row) for i, row in enumerate(rows) if spec.select is None or spec.select(row)]
+    if not indexed:
+        why = "it holds no rows" if not rows else f"none of its {len(rows)} rows is selected ({spec.selection})"
+        raise ValueError(f"{spec.name}: no questions in {path}: {why}")
     splits_read = sorted({_canonical_split(spec, row["__split__"]) for row in rows if "__split__" in row})
     n_splits = len(splits_read) or 1
     if limit is None and spec.expected_rows is not None and len(indexed) != spec.expected_rows * n_splits:
