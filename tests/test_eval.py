@@ -598,6 +598,31 @@ def test_cli_eval_of_an_empty_benchmark_file_exits_2_naming_it(tmp_path, capsys)
     assert not (out / "summary.json").exists()
 
 
+def test_model_with_nan_weights_is_refused_before_generation(bench_root, tmp_path, capsys):
+    import torch
+
+    from pgpo.models import load_model
+    from pgpo.models.tiny_qwen import build_tiny_qwen25vl
+
+    model, processor = build_tiny_qwen25vl(seed=0)
+    names = [name for name, _ in model.named_parameters()]
+    with torch.no_grad():
+        for name in names[:5]:
+            model.get_parameter(name).view(-1)[0] = float("nan")
+    model_dir = tmp_path / "nan_model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    with pytest.raises(ValueError) as err:
+        load_model(str(model_dir), device="cpu")
+    msg = str(err.value)
+    assert str(model_dir) in msg and "5 tensor(s)" in msg and "NaN or inf" in msg
+    root, _ = bench_root
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(model_dir), "--benchmark", "geo3k", "--data", str(root), "--out", str(out)]
+    assert cli_main([*args, "--protocol", "quick", "--backend", "hf", "--no_progress"]) == 2
+    assert "non-finite" in capsys.readouterr().err and not (out / "geo3k.jsonl").exists()
+
+
 @pytest.mark.parametrize("command", ["eval", "inspect"])
 def test_unknown_key_in_a_config_yaml_is_named(command, tmp_path, capsys):
     path = tmp_path / "c.yaml"

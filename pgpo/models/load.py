@@ -41,6 +41,17 @@ def default_device() -> str:
     return "cpu"
 
 
+def check_finite(model: Any, name: str) -> Any:
+    """``model``, or ``ValueError`` naming the parameters that hold NaN or inf (one ``isfinite`` per tensor)."""
+    import torch
+
+    bad = [key for key, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"model {name!r} has non-finite weights (NaN or inf) in {len(bad)} tensor(s): {shown}")
+    return model
+
+
 def load_model(name_or_path: str, device: str | None = None, dtype: Any = None, **kw: Any):
     """``(model, processor)`` in eval mode on ``device`` (default :func:`default_device`).
 
@@ -51,7 +62,8 @@ def load_model(name_or_path: str, device: str | None = None, dtype: Any = None, 
     * anything else: a Hugging Face Hub id, loaded with the Auto classes (from the local cache when offline).
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 on the CPU. Raises ``ValueError`` with a readable message:
-    ``model folder not found: ...`` for a missing path, ``cannot load model ...`` when loading fails.
+    ``model folder not found: ...`` for a missing path, ``cannot load model ...`` when loading fails, ``... has
+    non-finite weights (NaN or inf) in N tensor(s): NAMES`` for a model that could only produce noise.
     """
     import torch
 
@@ -62,19 +74,19 @@ def load_model(name_or_path: str, device: str | None = None, dtype: Any = None, 
         from pgpo.models.tiny_qwen import build_tiny_qwen25vl
 
         model, processor = build_tiny_qwen25vl(**kw)
-        return model.to(device=device, dtype=dtype).eval(), processor
+        return check_finite(model.to(device=device, dtype=dtype).eval(), name_or_path), processor
     if name_or_path == DEMO_VLM:
         from pgpo.vlm import load_pgpo_vlm
 
         model, processor = load_pgpo_vlm(dtype=dtype, **kw)
-        return model.to(device).eval(), processor
+        return check_finite(model.to(device).eval(), name_or_path), processor
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         if _model_type(folder) == "pgpo_vlm":
             from pgpo.vlm import load_pgpo_vlm
 
             model, processor = load_pgpo_vlm(folder, dtype=dtype)
-            return model.to(device).eval(), processor
+            return check_finite(model.to(device).eval(), name_or_path), processor
     elif looks_like_path(name_or_path) or folder.exists():
         raise ValueError(f"model folder not found: {folder}")
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -86,4 +98,4 @@ def load_model(name_or_path: str, device: str | None = None, dtype: Any = None, 
         )
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load model {name_or_path!r}: {err}") from err
-    return model.to(device).eval(), processor
+    return check_finite(model.to(device).eval(), name_or_path), processor
