@@ -588,6 +588,106 @@ def test_load_model(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def test_out_of_another_model_or_other_settings_is_refused_naming_the_difference(bench_root, tmp_path):
+    _, paths = bench_root
+    pairs = [("geo3k", paths["geo3k"])]
+    evaluate(config(tmp_path, pairs, k=1, model="model-A"), generator=ScriptedGenerator([r"\boxed{3}"]))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for change, old, new in [({"model": "model-B"}, "'model-A'", "'model-B'"), ({"temperature": 0.5}, "1.0", "0.5")]:
+        gen = CountingGenerator(ScriptedGenerator([r"\boxed{0}"]))
+        with pytest.raises(ValueError) as err:
+            evaluate(config(tmp_path, pairs, **{"k": 1, "model": "model-A", **change}), generator=gen)
+        key = next(iter(change))
+        assert f"{key}: {old} there, {new} now" in str(err.value)
+        assert "a new --out" in str(err.value) and "--overwrite_out" in str(err.value)
+        assert gen.calls == 0 and {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # the same command still resumes; k and the grader are not settings of the samples
+    gen = CountingGenerator(ScriptedGenerator([r"\boxed{3}"]))
+    evaluate(config(tmp_path, pairs, k=2, model="model-A", grader="lenient"), generator=gen, print_table=False)
+    assert gen.prompts == 2
+    # under a launcher (or by hand) a shard with other settings is refused as well
+    with pytest.raises(ValueError, match="temperature: 1.0 there, 0.0 now"):
+        evaluate(config(tmp_path, pairs, k=1, model="model-A", temperature=0.0, num_shards=2, shard_index=1))
+
+
+def test_cli_eval_of_another_model_exits_2_and_overwrite_out_removes_only_its_own_files(bench_root, tmp_path, capsys):
+    from pgpo.models.tiny_qwen import save_tiny_qwen25vl
+
+    root, _ = bench_root
+    out = tmp_path / "out"
+    args = ["eval", "--benchmark", "geo3k", "--data", str(root), "--out", str(out), "--protocol", "quick"]
+    args += ["--max_new_tokens", str(MAX_NEW_TOKENS), "--limit", "1", "--no_progress"]
+    other_model = str(save_tiny_qwen25vl(tmp_path / "other_model", seed=1))
+    assert cli_main([*args, "--model", "tiny-qwen"]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert cli_main([*args, "--model", other_model]) == 2
+    err = capsys.readouterr().err
+    assert f"model: 'tiny-qwen' there, '{other_model}' now" in err and "--overwrite_out" in err
+    assert json.loads((out / "summary.json").read_text())["model"] == "tiny-qwen"
+    assert cli_main([*args, "--model", other_model, "--k", "2", "--overwrite_out"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert len(read_samples(out / "geo3k.jsonl")) == 2  # generated afresh with the new model
+    assert json.loads((out / "summary.json").read_text())["model"] == other_model
+    assert json.loads((out / "config.json").read_text())["model"] == other_model
+
+
+def test_non_empty_out_not_written_by_pgpo_eval_is_refused_and_kept(bench_root, tmp_path):
+    _, paths = bench_root
+    pairs = [("geo3k", paths["geo3k"])]
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    (mine / "report.pdf").write_text("mine")
+    gen = CountingGenerator(ScriptedGenerator([r"\boxed{3}"]))
+    with pytest.raises(ValueError, match=r"is not empty \(report.pdf\) and was not written by pgpo eval"):
+        evaluate(config(mine, pairs, k=1), generator=gen)
+    assert gen.calls == 0 and [p.name for p in mine.iterdir()] == ["report.pdf"]
+    evaluate(config(mine, pairs, k=1, overwrite_out=True), generator=gen, print_table=False)  # told: beside it
+    assert (mine / "report.pdf").read_text() == "mine" and len(read_samples(mine / "geo3k.jsonl")) == 2
+    # files named like pgpo eval's own, in a folder it did not write: never read as samples, never overwritten
+    other.mkdir()
+    (other / "geo3k.jsonl").write_text('{"id": "g1", "sample_index": 0, "completion": "x"}\n')
+    (other / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    before = {p.name: p.read_text() for p in other.iterdir()}
+    with pytest.raises(ValueError, match=r"holds config.json, geo3k.jsonl, named like pgpo eval's files"):
+        evaluate(config(other, pairs, k=1, overwrite_out=True), generator=gen)
+    assert {p.name: p.read_text() for p in other.iterdir()} == before and gen.calls == 1
+
+
+def test_out_of_an_older_pgpo_resumes_and_refuses_other_settings(bench_root, tmp_path):
+    _, paths = bench_root
+    pairs = [("geo3k", paths["geo3k"])]
+    evaluate(config(tmp_path, pairs, k=1), generator=ScriptedGenerator([r"\boxed{3}"]), print_table=False)
+    legacy = json.loads((tmp_path / "config.json").read_text())
+    legacy.pop("written_by")
+    (tmp_path / "config.json").write_text(json.dumps(legacy | {"protocol": "paper", "k": 1, "grader": "paper"}))
+    gen = CountingGenerator(ScriptedGenerator([r"\boxed{3}"]))
+    evaluate(config(tmp_path, pairs, k=1), generator=gen, print_table=False)
+    assert gen.calls == 0
+    with pytest.raises(ValueError, match="top_p: 1.0 there, 0.9 now"):
+        evaluate(config(tmp_path, pairs, k=1, top_p=0.9), generator=gen)
+
+
+def test_overwrite_out_with_shards(bench_root, tmp_path, monkeypatch):
+    """By hand a shard could remove another's samples: refused. Under a launcher shard 0 removes, the others wait."""
+    import pgpo.eval.evaluate as ev
+
+    _, paths = bench_root
+    pairs = [("geo3k", paths["geo3k"])]
+    with pytest.raises(ValueError, match="--overwrite_out with shards started by hand"):
+        evaluate(config(tmp_path, pairs, k=1, overwrite_out=True, num_shards=2, shard_index=1), generator=None)
+    evaluate(config(tmp_path, pairs, k=1), generator=ScriptedGenerator([r"\boxed{3}"]), print_table=False)
+    waits = []
+    monkeypatch.setattr(ev, "_barrier", waits.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    held = ev.sample_settings("fake", "custom", EvalConfig(k=1, temperature=0.5).resolve())
+    ev.prepare_out(tmp_path, held, overwrite=True, shard=(0, 2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"] and waits == [2]
+    assert json.loads((tmp_path / "config.json").read_text())["temperature"] == 0.5
+    (tmp_path / "geo3k.shard0-of-2.jsonl").write_text("")  # shard 0 at work
+    ev.prepare_out(tmp_path, held, overwrite=True, shard=(1, 2))  # shard 1 removes nothing
+    assert (tmp_path / "geo3k.shard0-of-2.jsonl").exists() and waits == [2, 2]
+
+
 def test_cli_eval_of_an_empty_benchmark_file_exits_2_naming_it(tmp_path, capsys):
     data = tmp_path / "geo3k.jsonl"
     data.write_text("")

@@ -7,7 +7,8 @@ Example::
 
 Flags are :class:`pgpo.eval.config.EvalConfig`'s fields (snake_case; kebab-case accepted), ``--config FILE.yaml`` sets
 any of them (:func:`pgpo.commands.parsing.parse_config`). ``--benchmark``, ``--data`` and ``--split`` may be repeated.
-Rerunning the same command resumes: samples already in ``OUT/<benchmark>.jsonl`` are not generated again.
+Rerunning the same command resumes: samples already in ``OUT/<benchmark>.jsonl`` are not generated again. An ``--out``
+that holds another model's samples, or samples of other settings, is refused; ``--overwrite_out`` starts afresh.
 """
 
 from __future__ import annotations

@@ -138,6 +138,13 @@ class EvalConfig:
         ),
     )
     out: str | None = field(default=None, metadata=_help("Output folder: <benchmark>.jsonl, summary.md, summary.json."))
+    overwrite_out: bool = field(
+        default=False,
+        metadata=_help(
+            "Start afresh in --out: remove what an earlier pgpo eval wrote there (its samples, summary and "
+            "config.json; nothing else). Also allows an --out that holds other files (they are kept)."
+        ),
+    )
     protocol: str = field(
         default="paper",
         metadata=_help(

@@ -3,7 +3,10 @@
 Generation goes through vLLM when ``vllm`` is importable and CUDA is available, else through transformers'
 ``generate`` (batched, left padding). Every sample is appended to ``OUT/<benchmark>.jsonl`` and flushed as soon as it
 is graded, so an interrupted run loses at most the batch in flight; rerunning the same command skips every
-``(id, sample_index)`` pair already written (a torn last line is dropped first).
+``(id, sample_index)`` pair already written (a torn last line is dropped first). ``OUT/config.json`` records what the
+samples were generated with (the model, the backend and the sampling / prompt settings, :func:`sample_settings`):
+resuming under another model or other settings, or into a non-empty folder pgpo eval did not write, is refused
+(:func:`prepare_out`); ``--overwrite_out`` removes what pgpo eval wrote there, and nothing else.
 
 Each sample is graded by both graders (:func:`pgpo.answers.paper_grade` and the lenient
 :func:`pgpo.answers.score_completion`) and both verdicts are stored; the summary reports the main one (``--grader``)
@@ -30,7 +33,14 @@ from pgpo.answers import paper_grade, score_completion
 from pgpo.data import DATA_SUFFIXES, build_messages
 from pgpo.eval.benchmarks import BENCHMARKS, BenchmarkRecord, expand_benchmarks, get_spec, load_benchmark
 from pgpo.eval.config import GRADERS, EvalConfig, EvalSettings, paper_model_key
-from pgpo.eval.generation import Completion, GenerationRequest, Generator, HFGenerator, make_generator
+from pgpo.eval.generation import (
+    Completion,
+    GenerationRequest,
+    Generator,
+    HFGenerator,
+    make_generator,
+    resolve_backend,
+)
 from pgpo.eval.report import per_question, print_settings, print_summary, summarize, summary_markdown
 
 logger = logging.getLogger(__name__)
@@ -245,20 +255,99 @@ def run_benchmark(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _check_config(out_dir: Path, config: dict[str, Any]) -> None:
-    path = out_dir / CONFIG_JSON
-    if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            old = {}
-        ignore = {"k", "grader", "protocol"}
-        changed = {
-            key: (old.get(key), config[key]) for key in config if key not in ignore and old.get(key) != config[key]
-        }
-        if changed:
-            logger.warning("%s: resuming with different settings %s; the old samples are kept", out_dir, changed)
-    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+SAMPLE_SETTINGS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "max_pixels",
+    "min_pixels",
+    "prompt_template",
+    "system_prompt",
+)
+"""The settings that change the samples (with the model and the backend). Not ``k`` (raising it adds samples), the
+grader (every sample stores both graders' verdicts) or the protocol's name (its values are these)."""
+WRITTEN_BY = "pgpo eval"
+_MARKER_TMP = f".{CONFIG_JSON}.tmp"
+
+
+def _model_id(model: str) -> str:
+    """A local model folder as its absolute path (however it is spelled), anything else as given."""
+    folder = Path(model).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else model
+
+
+def sample_settings(model: str, backend: str, settings: EvalSettings) -> dict[str, Any]:
+    """What the samples of a run are generated with: the model, the backend and :data:`SAMPLE_SETTINGS`."""
+    values = settings.to_dict()
+    return {"model": _model_id(model), "backend": backend, **{key: values[key] for key in SAMPLE_SETTINGS}}
+
+
+def written_files(out_dir: Path) -> list[Path]:
+    """The files in ``out_dir`` named like those pgpo eval writes: config.json, the summary, every sample file."""
+    named = [p for p in (out_dir / n for n in (CONFIG_JSON, SUMMARY_MD, SUMMARY_JSON)) if p.exists()]
+    return named + [p for name in BENCHMARKS for p in sample_files(out_dir, name)]
+
+
+def _read_marker(out_dir: Path) -> dict[str, Any] | None:
+    """``out_dir``'s config.json when pgpo eval wrote it (an older pgpo's has no ``written_by``), else None."""
+    try:
+        data = json.loads((out_dir / CONFIG_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    held = {"model", "backend", *SAMPLE_SETTINGS}
+    ours = isinstance(data, dict) and (data.get("written_by") == WRITTEN_BY or held <= data.keys())
+    return data if ours else None
+
+
+def prepare_out(out_dir: Path, held: Mapping[str, Any], overwrite: bool = False, shard: tuple[int, int] = (0, 1)):
+    """Make ``out_dir`` the folder of samples generated with ``held`` (:func:`sample_settings`), or raise ValueError.
+
+    A folder pgpo eval wrote (its config.json says so) is resumed when it holds the same, else refused naming each
+    difference. A non-empty folder it did not write is refused unless ``overwrite``; files named like pgpo eval's in
+    it are refused in any case (they would be read as samples, or overwritten). ``overwrite`` first removes what pgpo
+    eval wrote (:func:`written_files` of a folder it wrote, nothing else): shard 0 does, the other processes of a
+    launcher wait for it. Every process checks; the one that finds no config.json writes it (atomically).
+    """
+    if overwrite:
+        if shard[1] > 1 and int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+            raise ValueError(
+                "--overwrite_out with shards started by hand (--num_shards): one shard could remove the samples of "
+                "another; give the sharded run a new --out instead"
+            )
+        if shard[0] == 0 and _read_marker(out_dir) is not None:
+            for path in written_files(out_dir):
+                path.unlink()
+        _barrier(shard[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # list before reading config.json: a file another process writes after its config.json is then never foreign
+    present = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(_MARKER_TMP))
+    named = [p.name for p in written_files(out_dir)]
+    old = _read_marker(out_dir)
+    if old is None:
+        not_ours = f"was not written by pgpo eval (it has no {CONFIG_JSON} of pgpo eval)"
+        if named:
+            raise ValueError(
+                f"--out {out_dir} holds {', '.join(named)}, named like pgpo eval's files, but {not_ours}: they would "
+                "be read as samples or overwritten; move them away or choose a new --out"
+            )
+        if present and not overwrite:
+            shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            raise ValueError(
+                f"--out {out_dir} is not empty ({shown}) and {not_ours}: choose a new or empty --out, or pass "
+                "--overwrite_out to write beside those files (pgpo eval removes only files it wrote)"
+            )
+        tmp = out_dir / f"{_MARKER_TMP}{os.getpid()}"
+        tmp.write_text(json.dumps({"written_by": WRITTEN_BY, **held}, indent=2), encoding="utf-8")
+        os.replace(tmp, out_dir / CONFIG_JSON)
+        return
+    old["model"] = _model_id(str(old.get("model")))  # an older pgpo wrote the folder as it was given
+    changed = [f"{key}: {old.get(key)!r} there, {value!r} now" for key, value in held.items() if old.get(key) != value]
+    if changed:
+        raise ValueError(
+            f"--out {out_dir} holds samples generated otherwise ({'; '.join(changed)}); they are not mixed with this "
+            "run's. Choose a new --out, or pass --overwrite_out to remove what pgpo eval wrote there and start afresh"
+        )
 
 
 def _barrier(n_shards: int) -> bool:
@@ -317,16 +406,19 @@ def evaluate(config: EvalConfig, generator: Generator | None = None, print_table
     compare = paper_model_key(config.compare_paper) if config.compare_paper else None
     shard = config.shard()
     out = Path(config.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     pairs = resolve_data(config.benchmark, config.data or [])
     loaded = [
         (name, load_benchmark(name, path, split=config.split_for(name), limit=config.limit)) for name, path in pairs
     ]
-    backend = "custom"
+    if generator is None:
+        backend = resolve_backend(config.model, config.backend)
+    else:
+        backend = "hf" if isinstance(generator, HFGenerator) else "custom"
+    prepare_out(out, sample_settings(config.model, backend, settings), config.overwrite_out, shard)
     if print_table and shard[0] == 0:
         print_settings(settings.to_dict(), {"model": config.model, "benchmarks": ", ".join(n for n, _ in loaded)})
     if generator is None:
-        generator, backend = make_generator(
+        generator, _ = make_generator(
             config.model,
             settings.sampling,
             config.backend,
@@ -334,11 +426,7 @@ def evaluate(config: EvalConfig, generator: Generator | None = None, print_table
             tensor_parallel_size=config.vllm_tensor_parallel_size,
             gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         )
-    elif isinstance(generator, HFGenerator):
-        backend = "hf"
     batch_size = config.batch_size or (DEFAULT_VLLM_BATCH_SIZE if backend == "vllm" else DEFAULT_HF_BATCH_SIZE)
-    if shard[0] == 0:
-        _check_config(out, {"model": config.model, "backend": backend, **settings.to_dict()})
     for name, records in loaded:
         run_benchmark(name, records, generator, out, settings, batch_size, shard, progress=not config.no_progress)
     _barrier(shard[1])

@@ -232,6 +232,19 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
+def resolve_backend(model: str | Path, backend: str = "auto") -> str:
+    """The backend :func:`make_generator` uses for ``model``: ``vllm`` or ``hf`` (``ValueError`` when impossible)."""
+    from pgpo.models import BUILTIN_MODELS
+
+    if backend not in ("auto", "vllm", "hf"):
+        raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', not {backend!r}")
+    builtin = str(model) in BUILTIN_MODELS
+    if backend == "vllm" and (builtin or not vllm_available()):
+        why = f"{model!r} is a pgpo-built model" if builtin else "it needs the vllm package and a CUDA device"
+        raise ValueError(f"backend 'vllm' is not possible here: {why}")
+    return "vllm" if backend == "vllm" or (backend == "auto" and not builtin and vllm_available()) else "hf"
+
+
 def make_generator(
     model: str | Path,
     settings: SamplingSettings,
@@ -242,15 +255,9 @@ def make_generator(
 ) -> tuple[Generator, str]:
     """``(generator, backend name)``: vLLM when available (``backend="auto"``) and ``model`` is a folder or hub id,
     else transformers with :func:`pgpo.models.load_model` (which also knows ``tiny-qwen`` and ``demo-vlm``)."""
-    from pgpo.models import BUILTIN_MODELS, load_model
+    from pgpo.models import load_model
 
-    if backend not in ("auto", "vllm", "hf"):
-        raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', not {backend!r}")
-    builtin = str(model) in BUILTIN_MODELS
-    if backend == "vllm" and (builtin or not vllm_available()):
-        why = f"{model!r} is a pgpo-built model" if builtin else "it needs the vllm package and a CUDA device"
-        raise ValueError(f"backend 'vllm' is not possible here: {why}")
-    if backend == "vllm" or (backend == "auto" and not builtin and vllm_available()):
+    if resolve_backend(model, backend) == "vllm":
         generator = VLLMGenerator(
             model,
             settings,
