@@ -3,14 +3,16 @@
 ``$PGPO_CACHE`` (default ``~/.cache/pgpo``) is the cache *root*; every cache is a named subfolder of it
 (:func:`cache_dir`): the dequantised SmolLM2 (:func:`smollm2_dir`) and the demo's warm starts (:func:`warmstart_dir`).
 
-A cache folder is written by :func:`atomic_folder`: into a fresh temp folder next to the target, then renamed onto
-it, so a crash never leaves a half-written folder that looks complete. A folder pgpo writes carries a marker file
+:func:`check_cache_writable` probe-writes the root before work whose result goes there. A cache folder is written by
+:func:`atomic_folder`: into a fresh temp folder next to the target, then renamed onto it, so a crash never leaves a
+half-written folder that looks complete. A folder pgpo writes carries a marker file
 (:data:`MARKER`); pgpo replaces an existing target only when it carries that marker, and never deletes a folder it
 did not create (``PGPO_CACHE=~/.cache`` is safe: pgpo only ever touches ``~/.cache/<its own names>``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -44,6 +46,27 @@ def smollm2_dir() -> Path:
 def warmstart_dir(key: str) -> Path:
     """A warm-started demo VLM, keyed by its settings (:meth:`pgpo.demo.warmstart.WarmStartConfig.key`)."""
     return cache_dir(f"warmstart-{key}")
+
+
+def check_cache_writable() -> Path:
+    """Create :func:`cache_root` if missing and probe-write it, so that an unwritable cache fails before the work it
+    would keep (minutes of training), not after. ``OSError`` naming ``$PGPO_CACHE``, the folder and the fix."""
+    root = cache_root()
+    try:
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".pgpo-write-probe-", dir=root)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        setting = os.environ.get(CACHE_ENV) or f"unset: {DEFAULT_CACHE_ROOT}"
+        raise OSError(
+            err.errno,
+            f"the pgpo cache {root} is not writable ({err.strerror or err}): set ${CACHE_ENV} (now {setting}) to a "
+            f"writable folder, e.g. {CACHE_ENV}=/tmp/pgpo-cache, or make {root} writable",
+        ) from err
+    return root
 
 
 def created_by_pgpo(folder: Path) -> bool:

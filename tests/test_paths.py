@@ -56,3 +56,13 @@ def test_atomic_folder_keeps_a_complete_one_written_meanwhile(tmp_path):
         (tmp / "done").write_text("ours")
     assert (target / "done").read_text() == "theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]
+
+
+def test_check_cache_writable_creates_the_root_and_leaves_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PGPO_CACHE", str(tmp_path / "a" / "cache"))
+    assert paths.check_cache_writable() == tmp_path / "a" / "cache"
+    assert list((tmp_path / "a" / "cache").iterdir()) == []  # the probe file is gone
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("PGPO_CACHE", str(tmp_path / "file" / "cache"))  # below a file
+    with pytest.raises(NotADirectoryError, match=r"the pgpo cache .*file/cache is not writable \(Not a directory\)"):
+        paths.check_cache_writable()

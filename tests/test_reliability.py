@@ -535,3 +535,69 @@ def test_a_failed_final_save_says_where_the_last_checkpoint_is(tmp_path, process
         OSError, match=rf"\[Errno 28\] saving the model to {out} failed: No space left on device; {where}"
     ):
         t.save_model(out)
+
+
+def read_only(monkeypatch, folder):
+    """``folder`` read-only; run as root (which writes anyway), creating a file in it raises the EACCES it would."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real_open = os.open
+
+        def refuse(path, *args, **kwargs):
+            if os.path.dirname(os.fspath(path)) == str(folder):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse)
+
+
+@pytest.mark.parametrize("kind", ["read_only", "file"])
+def test_an_unwritable_pgpo_cache_is_refused_before_the_warm_start_trains(tmp_path, monkeypatch, kind):
+    from pgpo.demo import warmstart
+
+    cache = tmp_path / "cache"
+    if kind == "file":
+        cache.write_text("not a folder")
+    else:
+        cache.mkdir()
+        read_only(monkeypatch, cache)
+    monkeypatch.setenv("PGPO_CACHE", str(cache))
+    monkeypatch.setattr(warmstart, "train_warm_start", lambda *a, **k: pytest.fail("trained before checking the cache"))
+    reason = "Permission denied" if kind == "read_only" else "a file, not a folder"
+    try:
+        with pytest.raises(
+            OSError, match=rf"the pgpo cache {cache} is not writable \({reason}\): set \$PGPO_CACHE \(now {cache}\)"
+        ):
+            warmstart.warm_start(warmstart.WarmStartConfig(), log=lambda m: None)
+    finally:
+        cache.chmod(0o755)
+
+
+def test_a_warm_start_the_cache_cannot_take_at_the_end_is_kept_elsewhere(tmp_path, monkeypatch):
+    """The start check passes, then the disk under ``$PGPO_CACHE`` fills up during the minutes of training."""
+    import errno
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from pgpo.demo import warmstart
+
+    cache, elsewhere = tmp_path / "cache", tmp_path / "tmp"
+    elsewhere.mkdir()
+    monkeypatch.setenv("PGPO_CACHE", str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+
+    class Trained:  # the trained model and processor: save_pretrained fails under the cache only
+        def save_pretrained(self, folder):
+            if Path(folder).is_relative_to(cache):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            (Path(folder) / "config.json").write_text("{}")
+
+    stats = {"final_loss": 0.25, "wall_seconds": 600.0}
+    monkeypatch.setattr(warmstart, "train_warm_start", lambda cfg, log: (Trained(), Trained(), stats))
+    logs = []
+    path = warmstart.warm_start(warmstart.WarmStartConfig(), log=logs.append)
+    assert path.parent == elsewhere and (path / "config.json").is_file()
+    assert json.loads((path / "warmstart.json").read_text())["final_loss"] == 0.25
+    assert any(f"kept the trained warm start in {path}" in m and "No space left on device" in m for m in logs), logs
+    assert not any(cache.iterdir())  # nothing half-written in the cache

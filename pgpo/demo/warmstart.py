@@ -10,7 +10,8 @@ The loss is next-token cross-entropy on the completion tokens (and the closing `
 applied at those positions only. What trains is set by ``train``: the projector alone, the projector plus LoRA
 adapters on the LM (merged into the weights before saving, so the result is a plain demo VLM), or the projector plus
 the whole LM. The result is saved with ``save_pretrained`` in a cache folder keyed by every setting
-(:func:`pgpo.paths.warmstart_dir`), so ``pgpo demo`` trains it once.
+(:func:`pgpo.paths.warmstart_dir`), so ``pgpo demo`` trains it once. The cache is probe-written before training; a
+save that fails there anyway (a full disk) keeps the trained model in a temp folder, and says where.
 
 ``python -m pgpo.demo.warmstart`` trains (or reuses) a warm start and measures it: greedy accuracy per family and the
 headroom indicators RL needs (accuracy of samples at temperature 1, pass@k, the fraction of prompts whose k samples
@@ -23,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Literal
 
 import torch
 
-from pgpo.paths import atomic_folder, warmstart_dir
+from pgpo.paths import atomic_folder, check_cache_writable, warmstart_dir
 from pgpo.tasks import check, make_split
 from pgpo.tasks.draw import COLOUR_NAMES, SHAPES
 from pgpo.tasks.families import family_names
@@ -382,11 +384,26 @@ def warm_start(cfg: WarmStartConfig = WarmStartConfig(), out_dir: str | os.PathL
     if _is_complete(out):
         log(f"warm start: cached at {out}")
         return out
+    if not out_dir:
+        check_cache_writable()  # before the minutes of training, not after
     model, processor, stats = train_warm_start(cfg, log=log)
-    with atomic_folder(out, is_complete=_is_complete) as tmp:  # a crash never leaves a cache that looks complete
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "warmstart.json").write_text(json.dumps({**asdict(cfg), **stats}, indent=2))
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        (folder / "warmstart.json").write_text(json.dumps({**asdict(cfg), **stats}, indent=2))
+
+    try:
+        with atomic_folder(out, is_complete=_is_complete) as tmp:  # a crash never leaves a cache that looks complete
+            save(tmp)
+    except OSError as err:  # a full disk, a cache made read-only meanwhile: keep the trained model elsewhere
+        kept = Path(tempfile.mkdtemp(prefix=f"pgpo-{out.name}-"))
+        save(kept)
+        log(
+            f"warm start: could not write {out} ({type(err).__name__}: {err}); kept the trained warm start in {kept} "
+            "instead (not cached: the next run trains it again unless it can write there)"
+        )
+        out = kept
     log(
         f"warm start: trained {cfg.steps} steps in {stats['wall_seconds']:.0f} s (loss {stats['final_loss']:.3f}), {out}"
     )
