@@ -177,6 +177,13 @@ class PGPOConfig(GRPOConfig):
         default=0.8,
         metadata={"help": "VPPO TAS: lower end m of the per-response advantage factor (mean factor 1)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an output_dir that is not empty and holds no run to resume (pgpo.run_folder): an "
+            "earlier pgpo run's checkpoints are removed first; files pgpo did not write are never deleted."
+        },
+    )
     # DAPO's clip-higher (the base the paper trains PGPO on); TRL's default is epsilon_high = epsilon.
     epsilon_high: float | None = field(
         default=0.28,
@@ -288,6 +295,10 @@ SHAPINGS = tuple(SHAPING_METHODS)
 # Explicit options override a preset. Reward functions are not config fields: PRESET_REWARDS (used by `pgpo train`).
 PAPER_SETUP = {  # Table 6 / Sec. 5.1: G = 5, AdamW lr 1e-6 constant, rollout temperature 1.0, top-p 0.99, 2048 tokens
     "num_generations": 5,
+    # pgpo's choice, not Table 6's (which gives global sizes: 512 prompts a step): the smallest per-device batch that
+    # holds one group, so that `--algorithm X` runs as typed (TRL's default of 8 is not a multiple of 5). Scale the
+    # batch with gradient_accumulation_steps / steps_per_generation and the number of processes.
+    "per_device_train_batch_size": 5,
     "learning_rate": 1e-6,
     "lr_scheduler_type": "constant",
     "temperature": 1.0,
@@ -360,4 +371,27 @@ ALGORITHM_PRESETS["pgpo_suppress_only"] = {**ALGORITHM_PRESETS["pgpo"], "pgpo_ta
 ALGORITHM_PRESETS["pgpo_boost_only"] = {**ALGORITHM_PRESETS["pgpo"], "pgpo_tau": 0.0}
 ALGORITHM_PRESETS["pgpo_no_norm"] = {**ALGORITHM_PRESETS["pgpo"], "pgpo_normalize": False}
 ALGORITHMS = tuple(ALGORITHM_PRESETS)
+
+# Options of earlier pgpo versions: what replaced each one and how the meaning changed (pgpo train names it when an old
+# command line or YAML uses one, instead of a bare "unknown option").
+_GATE = (
+    "the gate is now Eq. 6's fixed threshold pgpo_tau (default 0.4) on the dependency normalised to [0, 1] within "
+    "each response (Eqs. 4-5)"
+)
+REMOVED_OPTIONS = {
+    "pgpo_gate": f"removed: {_GATE}; there is no gate rule to choose",
+    "pgpo_quantile": f"removed: {_GATE}, not a quantile of the batch's dependency: use pgpo_tau",
+    "pgpo_threshold": f"removed: {_GATE}, not a threshold in nats of KL: use pgpo_tau",
+    "pgpo_alpha": (
+        "removed: gated tokens are amplified by Eq. 6's ramp, w = 1 + pgpo_beta (I - tau) / (1 - tau), not "
+        "r = 1 + alpha S / mean_gated(S): use pgpo_beta (default 2.0). Note that pgpo_beta itself changed meaning: it "
+        "was the weight of ungated tokens, it is now the amplification"
+    ),
+    "pgpo_w_min": "removed: Eq. 6's weights need no clipping (suppressed tokens get w = I / tau in [0, 1))",
+    "pgpo_w_max": "removed: Eq. 6's weights need no clipping (amplified tokens get w in [1, 1 + pgpo_beta])",
+    "filter_zero_advantage": (
+        "removed: DAPO's dynamic sampling now drops the groups whose mean reward is 0 or 1 and generates more until "
+        "the batch is full: use dynamic_sampling true (bounds dynamic_sampling_low / dynamic_sampling_high)"
+    ),
+}
 PRESET_REWARDS = {name: ["paper_accuracy", "paper_format"] for name in ALGORITHMS}

@@ -30,12 +30,14 @@ aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints, logging — is T
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -49,6 +51,7 @@ from pgpo.data import image_values
 from pgpo.dependency import score_batch
 from pgpo.loss_terms import LossContext, get_loss_term
 from pgpo.rewards import check_group_statistics
+from pgpo.run_folder import Run, claim_run_folder, mark_checkpoint, model_name, run_settings
 from pgpo.sampling import DynamicSampler, RefillStream, check_layout
 from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, black_pixel, blacken_image, image_token_spec
 from pgpo.validation import (
@@ -106,6 +109,30 @@ class _MicroBatchScorer:
         return SimpleNamespace(log_probs=input_ids.new_zeros(input_ids.shape, dtype=torch.float32), entropy=None)
 
 
+@contextmanager
+def _reference_is_a_copy(model, config, peft_config):
+    """A policy passed as a model instance gets a copy of itself as the reference model (``beta > 0``, no PEFT).
+
+    TRL rebuilds the reference from ``model.config._name_or_path`` (``create_model_from_path``, with transformers'
+    auto classes), which fails for a model built in memory (``tiny-qwen``, ``demo-vlm``) or one whose class
+    transformers does not know (pgpo's demo VLM: ``'PGPOVLMConfig' object has no attribute 'auto_map'``), and gives a
+    reference other than the policy for an instance changed after loading. The copy is the policy as passed."""
+    import trl.trainer.grpo_trainer as grpo
+
+    if not isinstance(model, torch.nn.Module) or not getattr(config, "beta", 0.0) or peft_config is not None:
+        yield
+        return
+    if ckpt.is_peft_model(model):
+        yield
+        return
+    reference, build = copy.deepcopy(model), grpo.create_model_from_path
+    grpo.create_model_from_path = lambda *args, **kwargs: reference
+    try:
+        yield
+    finally:
+        grpo.create_model_from_path = build
+
+
 class PGPOTrainer(GRPOTrainer):
     """GRPO / DAPO / Dr.GRPO (``advantage_shaping='none'``), PGPO (``'pgpo'``) or VPPO (``'vppo'``) on TRL.
 
@@ -122,7 +149,8 @@ class PGPOTrainer(GRPOTrainer):
             train_dataset = validate_dataset(
                 train_dataset, processor=processor, model=model if isinstance(model, torch.nn.Module) else None
             )
-        super().__init__(*args, train_dataset=train_dataset, **kwargs)
+        with _reference_is_a_copy(model, config, kwargs.get("peft_config")):
+            super().__init__(*args, train_dataset=train_dataset, **kwargs)
         if train_dataset is not None and processor is None:  # TRL loaded the processor: its checks now
             check_for_processor(train_dataset, self.processing_class, self.model)
         if not isinstance(self.args, PGPOConfig):
@@ -539,6 +567,27 @@ class PGPOTrainer(GRPOTrainer):
             logs["grad_norm/running_mean"] = s["mean"]
             logs["grad_norm/running_var"] = s["m2"] / (s["n"] - 1) if s["n"] > 1 else 0.0
         super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------------- run folder
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """transformers' ``train``, in an ``output_dir`` that belongs to this run (:mod:`pgpo.run_folder`): a fresh
+        run into a non-empty folder, or a resume under other settings, is refused before anything is written."""
+        if self.is_world_process_zero():
+            self.run = claim_run_folder(
+                self.args.output_dir,
+                Run(model_name(self.model), list(self.reward_func_names), run_settings(self.args)),
+                resume=resume_from_checkpoint,
+                overwrite=self.args.overwrite_output_dir,
+                save_total_limit=self.args.save_total_limit,
+            )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        run = getattr(self, "run", None)
+        if run is not None and self.args.should_save:  # the checkpoint is pgpo's (rotation may delete it), of this run
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            mark_checkpoint(folder, run)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     # Exact restore or a clear error (pgpo.checkpoint): transformers' plain resume loads the raw checkpoint keys with

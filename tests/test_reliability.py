@@ -407,12 +407,12 @@ def test_pgpo_train_names_a_missing_model_folder(tmp_path, monkeypatch, name):
     if name == "runs/missing":
         (tmp_path / "runs").mkdir()
     name = name.format(tmp=tmp_path)
-    with pytest.raises(SystemExit, match=r"pgpo train: model folder not found: /\S+ \(--model_name_or_path "):
+    with pytest.raises(SystemExit, match=r"pgpo train: model folder not found: /\S+[ ;].*\(--model_name_or_path "):
         main(["--model_name_or_path", name, "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])
 
 
 def test_hub_ids_are_left_to_the_hub(tmp_path, monkeypatch):
-    from pgpo.commands.train import missing_model_folder
+    from pgpo.models.load import missing_model as missing_model_folder
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")

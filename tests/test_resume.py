@@ -156,9 +156,9 @@ class SaveOnlyTheFirstCheckpoint(TrainerCallback):
 
 def build(argv):
     """``(trainer, training args)`` exactly as ``pgpo train ARGV`` builds them."""
-    from pgpo.commands.train import _preprocess, build_trainer, make_parser
+    from pgpo.commands.train import build_trainer, parse_args
 
-    script_args, training_args, model_args = make_parser().parse_args_and_config(_preprocess(argv)[0])
+    script_args, training_args, model_args, _ = parse_args(argv)
     with shared_processor():
         return build_trainer(script_args, training_args, model_args), training_args
 

@@ -49,9 +49,6 @@ def make_trainer(tmp_path, algorithm="pgpo", model=None, **overrides):
     )
     kwargs.update(overrides)
     args = PGPOConfig(**kwargs)
-    if args.beta > 0:  # TRL builds the reference model from the policy's path
-        model.save_pretrained(tmp_path / "policy")
-        model = str(tmp_path / "policy")
     return PGPOTrainer(
         model=model, reward_funcs=length_reward, args=args, train_dataset=colour_dataset(), processing_class=processor
     )

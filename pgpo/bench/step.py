@@ -238,6 +238,7 @@ def build_trainer(source, candidate: str, group: Group, cfg, max_steps: int, out
         logging_steps=1,
         report_to="none",
         save_strategy="no",
+        overwrite_output_dir=True,  # the bench's own scratch folder (it holds the saved policy)
         seed=cfg.seed,
         disable_tqdm=True,
         log_completions=False,

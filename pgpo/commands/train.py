@@ -8,10 +8,10 @@ applies a preset (:data:`pgpo.config.ALGORITHM_PRESETS`) before explicit options
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-from pgpo.config import ALGORITHM_PRESETS, ALGORITHMS, PRESET_REWARDS, PGPOConfig
+from pgpo.config import ALGORITHM_PRESETS, ALGORITHMS, PRESET_REWARDS, REMOVED_OPTIONS, PGPOConfig
+from pgpo.models.load import load_pgpo_model
 from pgpo.rewards import reward_functions
 
 
@@ -99,7 +99,7 @@ def preset_arguments(algorithm: str, given: set[str]) -> list[str]:
     from flags or the YAML). The preset's reward functions come with its ``reward_weights``: a user who names their
     own reward functions does not get the preset's weights."""
     if algorithm not in ALGORITHM_PRESETS:
-        raise SystemExit(f"pgpo train: --algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        raise SystemExit(f"pgpo train: error: --algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
     preset = dict(ALGORITHM_PRESETS[algorithm])
     if "reward_funcs" in given:
         preset.pop("reward_weights", None)
@@ -112,26 +112,64 @@ def preset_arguments(algorithm: str, given: set[str]) -> list[str]:
     return out
 
 
-def _preprocess(argv: list[str]) -> tuple[list[str], str | None]:
-    """Flatten a ``peft:`` section and turn ``--algorithm X`` (CLI or YAML) into preset options placed before the
-    user's own (so explicit options still win). Returns the arguments and the algorithm."""
+def _option_names(parser) -> set[str]:
+    """Every option name of ``pgpo train`` (the fields of its three dataclasses)."""
+    return {action.dest for action in parser._actions} | {"config", "env", "peft"}
+
+
+def _refuse_unknown(names, known: set[str], where: str) -> None:
+    """``SystemExit`` for a removed option (naming what replaced it) or an unknown one (with a close match)."""
+    import difflib
+
+    for name in names:
+        if name in REMOVED_OPTIONS:
+            raise SystemExit(f"pgpo train: error: {name} ({where}) is {REMOVED_OPTIONS[name]}")
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise SystemExit(f"pgpo train: error: unknown option {name} ({where}){hint}")
+
+
+def parse_args(argv: list[str], parser=None):
+    """``pgpo train ARGV`` -> ``(script_args, training_args, model_args, algorithm)``.
+
+    ``--config FILE`` and ``--algorithm NAME`` are read by a parser first (any spelling argparse accepts: ``=`` or a
+    separate value); the YAML's ``peft:`` section is flattened; the algorithm's preset (CLI before YAML) goes in
+    before the user's own options, so that those still win. Removed and unknown options are refused by name; a value
+    a config refuses exits with ``pgpo train: error: ...`` (status 2)."""
+    import argparse
+
     import yaml
 
-    argv = list(argv)
-    algorithm = None
-    cfg = {}
-    if "--config" in argv:
-        i = argv.index("--config") + 1
-        argv[i] = _flatten_peft(argv[i])
-        with open(argv[i]) as f:
+    parser = parser or make_parser()
+    pre = argparse.ArgumentParser(prog="pgpo train", add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    pre.add_argument("--algorithm")
+    first, rest = pre.parse_known_args(argv)
+    known = _option_names(parser)
+    flags = [a[2:].split("=")[0].replace("-", "_") for a in rest if a.startswith("--")]
+    _refuse_unknown([f for f in flags if not (f.startswith("no_") and f[3:] in known)], known, "on the command line")
+    cfg, config_args = {}, []
+    if first.config is not None:
+        path = _flatten_peft(first.config)
+        with open(path) as f:
             cfg = yaml.safe_load(f) or {}
-        algorithm = cfg.get("algorithm")
-    if "--algorithm" in argv:
-        algorithm = argv[argv.index("--algorithm") + 1]
-    if algorithm is None:
-        return argv, None
-    given = set(cfg) | {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-    return preset_arguments(algorithm, given) + argv, algorithm
+        if not isinstance(cfg, dict):
+            raise SystemExit(f"pgpo train: error: {first.config} must hold a YAML mapping of options")
+        _refuse_unknown(cfg, known, f"in {first.config}")
+        config_args = ["--config", path]
+    algorithm = first.algorithm or cfg.get("algorithm")
+    preset = []
+    if algorithm is not None:
+        preset = preset_arguments(algorithm, set(cfg) | set(flags)) + ["--algorithm", algorithm]
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(preset + config_args + rest)
+    except ValueError as err:
+        raise SystemExit(f"pgpo train: error: {err}") from None
+    resume = training_args.resume_from_checkpoint  # true / latest: the newest checkpoint in output_dir (transformers)
+    if isinstance(resume, str) and resume.lower() in ("true", "latest", "false", "none", ""):
+        training_args.resume_from_checkpoint = True if resume.lower() in ("true", "latest") else None
+    return script_args, training_args, model_args, algorithm
 
 
 def print_resolved(algorithm: str | None, script_args, training_args, out=print) -> None:
@@ -150,54 +188,33 @@ def make_parser():
     return TrlParser((PGPOScriptArguments, PGPOConfig, ModelConfig), prog="pgpo train")
 
 
-def _is_pgpo_vlm(path: str) -> bool:
-    import json
+def _torch_dtype(name):
+    """``--dtype`` (ModelConfig: auto, bfloat16, float16, float32 or None) as a torch dtype for pgpo's own models."""
+    import torch
 
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return False
-    with open(config) as f:
-        return json.load(f).get("model_type") == "pgpo_vlm"
+    return None if name in (None, "auto") else getattr(torch, name)
 
 
-def missing_model_folder(name: str) -> str | None:
-    """The clear error for a model argument that is meant as a local folder and exists nowhere (else ``None``).
+def check_output_folder(script_args, training_args, model_args) -> None:
+    """The run-folder rule (:mod:`pgpo.run_folder`) before anything is loaded (the trainer applies it again, and
+    writes the folder's marker, when training starts)."""
+    from pgpo.run_folder import Run, check_run_folder, run_settings
+    from pgpo.validation import check_output_dir
 
-    Meant as a folder: it starts with ``.``, ``/`` or ``~``, or has more than one path separator (a hub id has one:
-    ``org/name``). A name with one separator (``runs/tiny-qwen`` or ``Qwen/Qwen2.5-VL-3B-Instruct``) is a folder that
-    exists nowhere when it is not a local folder, not a hub repo in the local hub cache, and either the folder before
-    the separator exists here or the hub is offline (``HF_HUB_OFFLINE``). Anything else is left to the hub.
-    """
-    path = os.path.expanduser(name)
-    if os.path.exists(path):
-        return None if os.path.isdir(path) else f"model path is a file, not a model folder: {path}"
-    found = f"model folder not found: {os.path.abspath(path)} (--model_name_or_path {name})"
-    separators = name.count(os.sep) + (name.count(os.altsep) if os.altsep else 0)
-    if name.startswith((".", "/", "~")) or separators > 1:
-        return found
-    if separators == 1 and not _cached(name):
-        if os.path.isdir(os.path.dirname(path)):
-            return found
-        if _hub_offline():
-            return f"{found}; nor is it a hub repo in the local cache (the hub is offline: HF_HUB_OFFLINE)"
-    return None
-
-
-def _cached(repo_id: str) -> bool:
-    """Whether the local hub cache holds a config of ``repo_id`` (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
+    if training_args.process_index != 0:
+        return
     try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # not a valid repo id
-        return False
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flags = (os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return bool(constants.HF_HUB_OFFLINE) or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+        check_output_dir(training_args.output_dir)
+        run = Run(model_args.model_name_or_path, None, run_settings(training_args))
+        check_run_folder(
+            training_args.output_dir,
+            run,
+            resume=training_args.resume_from_checkpoint,
+            overwrite=training_args.overwrite_output_dir,
+            save_total_limit=training_args.save_total_limit,
+        )
+    except ValueError as err:
+        raise SystemExit(f"pgpo train: error: {err}") from None
 
 
 def build_trainer(script_args, training_args, model_args):
@@ -208,9 +225,6 @@ def build_trainer(script_args, training_args, model_args):
 
     if not model_args.model_name_or_path:
         raise SystemExit("pgpo train: --model_name_or_path is required (a hub id or a local folder)")
-    missing = missing_model_folder(model_args.model_name_or_path)
-    if missing:
-        raise SystemExit(f"pgpo train: {missing}")
     model_init_kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
@@ -219,12 +233,13 @@ def build_trainer(script_args, training_args, model_args):
     )
     model_init_kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
-    model = model_args.model_name_or_path
-    processing_class = None
-    if _is_pgpo_vlm(model):  # pgpo's own demo VLM is not a transformers class: load it explicitly
-        from pgpo.vlm import load_pgpo_vlm
-
-        model, processing_class = load_pgpo_vlm(model)
+    model, processing_class = model_args.model_name_or_path, None
+    try:  # pgpo's own models (tiny-qwen, demo-vlm, a demo VLM folder) are not transformers classes: built here
+        own = load_pgpo_model(model, dtype=_torch_dtype(model_args.dtype))
+    except ValueError as err:
+        raise SystemExit(f"pgpo train: {err} (--model_name_or_path {model})") from None
+    if own is not None:
+        model, processing_class = own
     dataset = load_training_data(script_args, seed=training_args.seed)
     return PGPOTrainer(
         model=model,
@@ -241,10 +256,10 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         parser.parse_args_and_config(["--help"])
         return 0
-    argv, algorithm = _preprocess(argv)
-    script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    script_args, training_args, model_args, algorithm = parse_args(argv, parser)
     if training_args.process_index == 0:
         print_resolved(algorithm, script_args, training_args)
+    check_output_folder(script_args, training_args, model_args)
     trainer = build_trainer(script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)

@@ -246,6 +246,7 @@ def rl_config(algorithm: str, cfg: DemoConfig, out: Path):
         lr_scheduler_type="constant",
         logging_steps=1,
         save_strategy="no",
+        overwrite_output_dir=True,  # the demo's own folder: a rerun replaces the previous demo's run
         report_to="none",
         log_visual_dependency=True,  # DAPO's dependency is logged too, for the comparison plots
         log_completions=False,

@@ -1,4 +1,5 @@
-"""``load_model(name_or_path)``: the one way pgpo's commands (``eval``, ``inspect``) get a model and its processor."""
+"""The one way pgpo's commands get a model: :func:`load_pgpo_model` (pgpo's own models, for ``train`` too) and
+:func:`load_model` (any model, for ``eval`` and ``inspect``)."""
 
 from __future__ import annotations
 
@@ -52,50 +53,107 @@ def check_finite(model: Any, name: str) -> Any:
     return model
 
 
-def load_model(name_or_path: str, device: str | None = None, dtype: Any = None, **kw: Any):
-    """``(model, processor)`` in eval mode on ``device`` (default :func:`default_device`).
+def missing_model(name: str) -> str | None:
+    """The clear error for a model argument that is meant as a local folder and exists nowhere (else ``None``).
+
+    Meant as a folder: it starts with ``.``, ``/`` or ``~``, or has more than one path separator (a hub id has one:
+    ``org/name``). A name with one separator (``runs/tiny-qwen`` or ``Qwen/Qwen2.5-VL-3B-Instruct``) is a folder that
+    exists nowhere when it is not a local folder, not a hub repo in the local hub cache, and either the folder before
+    the separator exists here or the hub is offline (``HF_HUB_OFFLINE``). pgpo's own names (:data:`BUILTIN_MODELS`)
+    and anything else are left to the loaders (the hub).
+    """
+    if name in BUILTIN_MODELS:
+        return None
+    path = os.path.expanduser(name)
+    if os.path.exists(path):
+        return None if os.path.isdir(path) else f"model path is a file, not a model folder: {path}"
+    found = f"model folder not found: {os.path.abspath(path)}"
+    separators = name.count(os.sep) + (name.count(os.altsep) if os.altsep else 0)
+    if looks_like_path(name) or separators > 1:
+        return found
+    if separators == 1 and not _cached(name):
+        if os.path.isdir(os.path.dirname(path)):
+            return found
+        if _hub_offline():
+            return f"{found}; nor is it a hub repo in the local cache (the hub is offline: HF_HUB_OFFLINE)"
+    return None
+
+
+def _cached(repo_id: str) -> bool:
+    """Whether the local hub cache holds a config of ``repo_id`` (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def load_pgpo_model(name_or_path: str, dtype: Any = None, **kw: Any):
+    """``(model, processor)`` for pgpo's own models, ``None`` for anything transformers loads (a hub id or a folder of
+    a transformers model). Raises ``ValueError`` for a model folder that does not exist (:func:`missing_model`).
 
     * ``"tiny-qwen"``: :func:`pgpo.models.tiny_qwen.build_tiny_qwen25vl` (random weights; ``kw`` go to it);
     * ``"demo-vlm"``: the demo VLM built from its shipped parts (:func:`pgpo.vlm.load_pgpo_vlm`; ``kw`` go to it);
-    * a local folder: :func:`pgpo.vlm.load_pgpo_vlm` when its ``config.json`` says ``model_type: pgpo_vlm``, else
-      ``AutoModelForImageTextToText`` + ``AutoProcessor``;
-    * anything else: a Hugging Face Hub id, loaded with the Auto classes (from the local cache when offline).
+    * a local folder whose ``config.json`` says ``model_type: pgpo_vlm``: :func:`pgpo.vlm.load_pgpo_vlm`.
 
-    ``dtype`` defaults to bfloat16 on CUDA and float32 on the CPU. Raises ``ValueError`` with a readable message:
-    ``model folder not found: ...`` for a missing path, ``cannot load model ...`` when loading fails, ``... has
-    non-finite weights (NaN or inf) in N tensor(s): NAMES`` for a model that could only produce noise.
+    The model's ``config._name_or_path`` is the name given, so that a run records what it trained
+    (:mod:`pgpo.run_folder`). The model is in train mode, on the CPU, in ``dtype`` (default: as built or saved).
+    """
+    missing = missing_model(name_or_path)
+    if missing:
+        raise ValueError(missing)
+    if name_or_path == TINY_QWEN:
+        from pgpo.models.tiny_qwen import build_tiny_qwen25vl
+
+        model, processor = build_tiny_qwen25vl(**kw)
+    elif name_or_path == DEMO_VLM:
+        from pgpo.vlm import load_pgpo_vlm
+
+        model, processor = load_pgpo_vlm(**kw)
+    elif _model_type(Path(name_or_path).expanduser()) == "pgpo_vlm":
+        from pgpo.vlm import load_pgpo_vlm
+
+        model, processor = load_pgpo_vlm(Path(name_or_path).expanduser())
+    else:
+        return None
+    if dtype is not None:
+        model = model.to(dtype)
+    model.config._name_or_path = name_or_path
+    return model.train(), processor
+
+
+def load_model(name_or_path: str, device: str | None = None, dtype: Any = None, **kw: Any):
+    """``(model, processor)`` in eval mode on ``device`` (default :func:`default_device`), for inference.
+
+    pgpo's own models through :func:`load_pgpo_model` (``kw`` go to their builders); anything else is a folder or a
+    Hugging Face Hub id, loaded with ``AutoModelForImageTextToText`` + ``AutoProcessor`` (from the local cache when
+    offline). ``dtype`` defaults to bfloat16 on CUDA and float32 on the CPU. Raises ``ValueError`` with a readable
+    message: ``model folder not found: ...`` for a missing path, ``cannot load model ...`` when loading fails, ``...
+    has non-finite weights (NaN or inf) in N tensor(s): NAMES`` for a model that could only produce noise.
     """
     import torch
 
     device = device or default_device()
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if name_or_path == TINY_QWEN:
-        from pgpo.models.tiny_qwen import build_tiny_qwen25vl
-
-        model, processor = build_tiny_qwen25vl(**kw)
-        return check_finite(model.to(device=device, dtype=dtype).eval(), name_or_path), processor
-    if name_or_path == DEMO_VLM:
-        from pgpo.vlm import load_pgpo_vlm
-
-        model, processor = load_pgpo_vlm(dtype=dtype, **kw)
+    own = load_pgpo_model(name_or_path, dtype=dtype, **kw)
+    if own is not None:
+        model, processor = own
         return check_finite(model.to(device).eval(), name_or_path), processor
-    folder = Path(name_or_path).expanduser()
-    if folder.is_dir():
-        if _model_type(folder) == "pgpo_vlm":
-            from pgpo.vlm import load_pgpo_vlm
-
-            model, processor = load_pgpo_vlm(folder, dtype=dtype)
-            return check_finite(model.to(device).eval(), name_or_path), processor
-    elif looks_like_path(name_or_path) or folder.exists():
-        raise ValueError(f"model folder not found: {folder}")
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    source = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else name_or_path
     try:
-        processor = AutoProcessor.from_pretrained(str(folder if folder.is_dir() else name_or_path), **kw)
-        model = AutoModelForImageTextToText.from_pretrained(
-            str(folder if folder.is_dir() else name_or_path), dtype=dtype, **kw
-        )
+        processor = AutoProcessor.from_pretrained(source, **kw)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, **kw)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load model {name_or_path!r}: {err}") from err
     return check_finite(model.to(device).eval(), name_or_path), processor
