@@ -72,13 +72,27 @@ def weights(path) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------- every preset, every model
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-@pytest.mark.parametrize("model", ["tiny-qwen", "demo-vlm-folder"])
-def test_every_preset_trains_one_step_on_every_model(tmp_path, algorithm, model, demo_vlm_folder):
+@pytest.fixture(scope="module")
+def tiny_qwen_folder(tmp_path_factory):
+    """A transformers model folder (``pgpo make-tiny``): TRL loads it, and its reference model, from the path."""
+    from pgpo.models.tiny_qwen import save_tiny_qwen25vl
+
+    return save_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen"))
+
+
+# A transformers folder differs from the in-memory tiny-qwen only in how TRL loads the policy and the reference model:
+# the presets with a reference (grpo, pgpo_grpo) and the paper's pgpo cover it.
+MATRIX = [(model, a) for model in ("tiny-qwen", "demo-vlm-folder") for a in ALGORITHMS]
+MATRIX += [("tiny-qwen-folder", a) for a in ("grpo", "pgpo_grpo", "pgpo")]
+
+
+@pytest.mark.parametrize(("model", "algorithm"), MATRIX)
+def test_every_preset_trains_one_step_on_every_model(tmp_path, algorithm, model, request):
     """``grpo`` and ``pgpo_grpo`` (a reference model, beta 0.01) crashed at start on the demo VLM (TRL rebuilt the
     reference with transformers' auto classes: ``'PGPOVLMConfig' object has no attribute 'auto_map'``) and
     ``tiny-qwen``, a name ``pgpo eval`` and ``pgpo inspect`` take, ended in the hub's "couldn't connect"."""
-    name = str(demo_vlm_folder) if model == "demo-vlm-folder" else model
+    folders = {"demo-vlm-folder": "demo_vlm_folder", "tiny-qwen-folder": "tiny_qwen_folder"}
+    name = str(request.getfixturevalue(folders[model])) if model in folders else model
     assert main(small(tmp_path / "out", "--model_name_or_path", name, "--algorithm", algorithm)) == 0
     saved = weights(tmp_path / "out")
     assert saved and all(torch.isfinite(t).all() for t in saved.values())
