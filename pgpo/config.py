@@ -17,7 +17,7 @@ from trl import GRPOConfig
 from pgpo.checkpoint import check_save_schedule
 from pgpo.dependency import DEFAULT_CHUNK_SIZE, ESTIMATORS, VPPO_K3_CLAMP
 from pgpo.loss_terms import get_loss_term
-from pgpo.shaping import SHAPING_METHODS, PGPOShapingConfig, get_shaping
+from pgpo.shaping import SHAPING_METHODS, PGPOAuthorsDevConfig, PGPOShapingConfig, get_shaping
 from pgpo.text_only import TEXT_ONLY_MODES
 
 K3_CLAMPS = {"none": None, "vppo": VPPO_K3_CLAMP}
@@ -34,6 +34,8 @@ FINITE_OPTIONS = (
     "pgpo_tau",
     "pgpo_beta",
     "pgpo_eps",
+    "pgpo_authors_dev_quantile",
+    "pgpo_authors_dev_floor",
     "patch_blackout_prob",
     "vppo_top_p_tokens",
     "vppo_advantage_scaling_min",
@@ -56,6 +58,7 @@ class PGPOConfig(GRPOConfig):
         default="pgpo",
         metadata={
             "help": "Per-token advantage shaping, by registered name (pgpo.shaping): 'pgpo' (the paper's Eqs. 4-8), "
+            "'pgpo_authors_dev' (the authors' development code: per-response quantile gate, 0.1 floor, no Eq. 7), "
             "'vppo', or 'none' (plain GRPO / DAPO / Dr.GRPO)."
         },
     )
@@ -76,6 +79,20 @@ class PGPOConfig(GRPOConfig):
     pgpo_normalize: bool = field(
         default=PGPOShapingConfig.normalize,
         metadata={"help": "Eq. 7: rescale each response's weights to sum to its length. False = 'w/o Norm.'."},
+    )
+    pgpo_authors_dev_quantile: float = field(
+        default=PGPOAuthorsDevConfig.quantile,
+        metadata={
+            "help": "advantage_shaping='pgpo_authors_dev': q; each response's gate is its normalised dependency I at "
+            "ascending rank floor(q L) (the authors' development code), instead of the fixed pgpo_tau."
+        },
+    )
+    pgpo_authors_dev_floor: float = field(
+        default=PGPOAuthorsDevConfig.floor,
+        metadata={
+            "help": "advantage_shaping='pgpo_authors_dev': lower bound of the suppressed tokens' weights (the "
+            "authors' development code: 0.1; the paper: none)."
+        },
     )
     dependency_estimator: Literal["k3", "kl"] = field(
         default="k3",

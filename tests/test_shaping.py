@@ -1,4 +1,5 @@
-"""PGPO's Eqs. 4-8 against hand computations and exact rational arithmetic; properties (hypothesis); VPPO; registry."""
+"""PGPO's Eqs. 4-8 against hand computations and exact rational arithmetic; properties (hypothesis); VPPO; registry;
+the authors' development variant (pgpo_authors_dev) against hand computations and through the trainer."""
 
 from fractions import Fraction
 
@@ -9,8 +10,10 @@ from hypothesis import strategies as st
 
 from pgpo.shaping import (
     SHAPING_METHODS,
+    PGPOAuthorsDevConfig,
     PGPOShapingConfig,
     VPPOShapingConfig,
+    authors_dev_shape,
     get_shaping,
     pgpo_shape,
     pgpo_weights,
@@ -258,3 +261,180 @@ def test_a_new_method_is_one_function():
         assert torch.equal(out.advantages, torch.full((2, 3), 2.0))
     finally:
         SHAPING_METHODS.pop("_test_double")
+
+
+# ----------------------------------------------------------------------------------------------- pgpo_authors_dev
+# The authors' development variant (pgpo/shaping/pgpo_authors_dev.py): each response's gate tau_i is its I at ascending
+# rank min(floor(q L), L - 1); below it w = max(f, I / tau_i); at or above it w = 1 + beta (I - tau_i) / (1 - tau_i);
+# no Eq. 7. Every expected number below is worked out by hand from those lines (eps = 0; tolerances cover eps).
+
+
+def test_authors_dev_hand_computed_defaults():
+    """q = 0.4, f = 0.1, beta = 2 on log(1 + S) = [0, 1, 2, 3, 4]: I = [0, .25, .5, .75, 1] (Eqs. 4-5); L = 5, rank
+    floor(0.4 * 5) = 2, so tau = .5. Below: max(.1, 0/.5) = .1 (the floor), .25/.5 = .5. At/above: 1 + 2 (0)/.5 = 1,
+    1 + 2 (.25)/.5 = 2, 1 + 2 (.5)/.5 = 3. Not rescaled: the weights sum to 6.6, not L = 5. A = -1.5 multiplies them."""
+    out = authors_dev_shape(torch.tensor([-1.5], dtype=torch.float64), S_HAND, torch.ones(1, 5), PGPOAuthorsDevConfig())
+    expected = torch.tensor([[0.1, 0.5, 1.0, 2.0, 3.0]], dtype=torch.float64)
+    torch.testing.assert_close(out.weights, expected, atol=1e-7, rtol=0)
+    torch.testing.assert_close(out.advantages, -1.5 * expected, atol=1e-7, rtol=0)
+    assert abs(out.weights.sum().item() - 6.6) < 1e-6  # no Eq. 7
+    assert out.gate.tolist() == [[False, False, True, True, True]]  # I >= tau = .5
+    torch.testing.assert_close(out.extras["threshold"], torch.full((1, 5), 0.5), atol=1e-7, rtol=0)
+    torch.testing.assert_close(out.extras["importance"][0], torch.tensor([0, 0.25, 0.5, 0.75, 1.0]), atol=1e-7, rtol=0)
+    # the paper's form on the same response is different (fixed tau .4, no floor, Eq. 7): see the pgpo hand test above
+    assert not torch.allclose(
+        pgpo_shape(torch.ones(1, dtype=torch.float64), S_HAND, torch.ones(1, 5)).weights, expected
+    )
+
+
+def test_authors_dev_hand_computed_ties_padding_and_options():
+    """Row 0: log(1 + S) = [0, 1, 2, 4, 8, 8] then padding (S = 1e9, ignored): I = [0, 1/8, 1/4, 1/2, 1, 1], L = 6.
+    q = .4: rank floor(2.4) = 2, sorted I [0, 1/8, 1/4, 1/2, 1, 1] -> tau = 1/4. w = [max(.1, 0) = .1, (1/8)/(1/4) = .5,
+    1, 1 + 2 (1/4)/(3/4) = 5/3, 1 + 2 (3/4)/(3/4) = 3, 3].
+    Row 1, same scores, q = .7, f = .3, beta = 1: rank floor(4.2) = 4 -> tau = 1 (the tied maximum). w = [max(.3, 0),
+    max(.3, 1/8), max(.3, 1/4)] = .3 each (the floor binds three tokens), 1/2 / 1 = .5, and 1 + 1 (1 - 1)/(1 - 1) = 1
+    for both maxima (the numerator is exactly 0)."""
+    row = [0.0, 1.0, 2.0, 4.0, 8.0, 8.0]
+    S = torch.zeros(1, 7, dtype=torch.float64)
+    S[0, :6] = torch.expm1(torch.tensor(row, dtype=torch.float64))
+    S[0, 6] = 1e9
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0]])
+    out = authors_dev_shape(torch.tensor([2.0], dtype=torch.float64), S, mask)
+    w0 = torch.tensor([[0.1, 0.5, 1.0, 5 / 3, 3.0, 3.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(out.weights, w0, atol=1e-7, rtol=0)
+    torch.testing.assert_close(out.advantages, 2.0 * w0, atol=1e-7, rtol=0)
+    assert out.gate.tolist() == [[False, False, True, True, True, True, False]]
+    assert out.extras["threshold"][0, 6] == 0 and out.extras["importance"][0, 6] == 0
+    out = authors_dev_shape(torch.ones(1), S, mask, PGPOAuthorsDevConfig(quantile=0.7, floor=0.3, beta=1.0))
+    w1 = torch.tensor([[0.3, 0.3, 0.3, 0.5, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(out.weights.double(), w1, atol=1e-7, rtol=0)
+    assert out.gate.tolist() == [[False, False, False, False, True, True, False]]
+
+
+def test_authors_dev_degenerate_responses():
+    """All scores equal, one token, all zero: I = 0 everywhere, tau = 0, every token 1 + beta * 0 = 1. Empty: nothing.
+    A 2-token response with log(1 + S) = [0, 1] (I = [0, 1]): rank floor(0.4 * 2) = 0 -> tau = 0, nothing suppressed,
+    w = [1 + 2 * 0, 1 + 2 * 1] = [1, 3]."""
+    S = torch.tensor(
+        [[0.5, 0.5, 0.5, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
+    )
+    S[4, 1] = torch.expm1(torch.tensor(1.0))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]])
+    adv = torch.tensor([1.0, 2.0, -1.0, 5.0, 0.5])
+    out = authors_dev_shape(adv, S, mask)
+    expected = mask.float()
+    expected[4, 1] = 3.0
+    torch.testing.assert_close(out.weights, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.advantages, adv[:, None] * expected, atol=1e-6, rtol=0)
+    assert not out.gate[3].any() and out.gate[:3].sum().item() == 3 + 1 + 4  # every valid token is at the gate
+    out = authors_dev_shape(torch.zeros(5), S, mask)
+    assert (out.advantages == 0).all()  # A = 0 stays 0
+
+
+def test_authors_dev_quantile_rank():
+    """log(1 + S) = 0, 1, ..., 99 (I = t / 99), L = 100. q = .29: rank floor(29) = 29 (in decimal, although
+    .29 * 100 = 28.999... in float64), so exactly 29 tokens are suppressed. q = 1: rank min(100, 99) = 99 -> tau = 1,
+    every token but the maximum suppressed. q = 0: tau = min I = 0, none suppressed."""
+    S = torch.expm1(torch.arange(100, dtype=torch.float64))[None]
+    mask = torch.ones(1, 100)
+    for q, n_below, tau in [(0.29, 29, 29 / 99), (1.0, 99, 1.0), (0.0, 0, 0.0), (0.4, 40, 40 / 99)]:
+        out = authors_dev_shape(torch.ones(1), S, mask, PGPOAuthorsDevConfig(quantile=q, floor=0.0))
+        assert (~out.gate).sum().item() == n_below, q
+        assert abs(out.extras["threshold"][0, 0].item() - tau) < 1e-6, q
+
+
+def test_authors_dev_options_are_validated():
+    for kwargs, name in [
+        ({"quantile": 1.5}, "pgpo_authors_dev_quantile"),
+        ({"quantile": -0.1}, "pgpo_authors_dev_quantile"),
+        ({"quantile": float("nan")}, "pgpo_authors_dev_quantile"),
+        ({"floor": -0.1}, "pgpo_authors_dev_floor"),
+        ({"floor": 1.5}, "pgpo_authors_dev_floor"),
+        ({"beta": -1.0}, "pgpo_beta"),
+        ({"eps": 0.0}, "pgpo_eps"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            PGPOAuthorsDevConfig(**kwargs)
+
+
+def test_authors_dev_config_fields(tmp_path):
+    """PGPOConfig's flat fields build the method's config (beta and eps shared with the paper's form)."""
+    from pgpo.config import PGPOConfig
+
+    base = dict(output_dir=str(tmp_path), use_cpu=True, advantage_shaping="pgpo_authors_dev")
+    args = PGPOConfig(**base)
+    assert args.shaping_config() == PGPOAuthorsDevConfig(quantile=0.4, floor=0.1, beta=2.0, eps=1e-8)
+    args = PGPOConfig(**base, pgpo_authors_dev_quantile=0.6, pgpo_authors_dev_floor=0.0, pgpo_beta=1.0)
+    assert args.shaping_config() == PGPOAuthorsDevConfig(quantile=0.6, floor=0.0, beta=1.0)
+    for kwargs, name in [
+        ({"pgpo_authors_dev_quantile": 2.0}, "pgpo_authors_dev_quantile"),
+        ({"pgpo_authors_dev_floor": float("inf")}, "pgpo_authors_dev_floor"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            PGPOConfig(**base, **kwargs)
+    method = get_shaping("pgpo_authors_dev")
+    assert method.fn is authors_dev_shape and method.per_response and method.needs_dependency
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches(), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_authors_dev_properties(data, q, f):
+    """Weights in [f, 1) below the gate and [1, 1 + beta] at or above it; at most floor(q L) tokens below; monotone in S
+    (App. G); padding 0; the sign of A kept; each response shaped on its own (per_response)."""
+    adv, dep, mask, pcfg = data
+    cfg = PGPOAuthorsDevConfig(quantile=q, floor=f, beta=pcfg.beta)
+    out = authors_dev_shape(adv, dep, mask, cfg)
+    w, gate = out.weights, out.gate
+    assert (w[~mask] == 0).all() and (out.advantages[~mask] == 0).all()
+    below = mask & ~gate
+    assert (w[below] >= f - 1e-12).all() and ((w[below] < 1) | (w[below] == f)).all()  # f = 1: below = 1
+    assert (w[gate] >= 1 - 1e-12).all() and (w[gate] <= 1 + cfg.beta + 1e-9).all()
+    L = mask.sum(-1)
+    assert (below.sum(-1) <= torch.floor(L.double() * q + 1e-9)).all()
+    assert ((out.advantages * adv[:, None]) >= 0).all()
+    s_tilde = torch.log1p(dep)
+    for b in range(w.shape[0]):
+        s, wb = s_tilde[b][mask[b]], w[b][mask[b]]
+        order = torch.argsort(s, stable=True)
+        assert (wb[order][1:] >= wb[order][:-1] - 1e-9).all()
+        alone = authors_dev_shape(adv[b : b + 1], dep[b : b + 1], mask[b : b + 1], cfg)
+        torch.testing.assert_close(alone.weights[0], w[b], atol=0, rtol=0)
+
+
+def test_authors_dev_trains_through_the_trainer(tmp_path):
+    """One step of PGPOTrainer with advantage_shaping='pgpo_authors_dev' (non-default options): the trainer hands the
+    loss exactly this method's advantages, built from the flat PGPOConfig fields, and the model trains."""
+    import math
+
+    from test_trainer import make_trainer
+
+    trainer = make_trainer(
+        tmp_path,
+        "pgpo",
+        advantage_shaping="pgpo_authors_dev",
+        pgpo_authors_dev_quantile=0.5,
+        pgpo_authors_dev_floor=0.2,
+        pgpo_beta=1.5,
+        max_steps=1,
+    )
+    calls = []
+    original = trainer._shape_advantages
+
+    def keep(batch, scores, mode):
+        before = batch["advantages"].clone()
+        original(batch, scores, mode)
+        calls.append((before, scores.clone(), batch["completion_mask"].clone(), batch["advantages"].clone()))
+
+    trainer._shape_advantages = keep
+    params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    cfg = PGPOAuthorsDevConfig(quantile=0.5, floor=0.2, beta=1.5)
+    assert calls and any((before != 0).any() for before, *_ in calls)
+    for before, scores, mask, after in calls:
+        expected = authors_dev_shape(before, scores, mask, cfg).advantages
+        torch.testing.assert_close(after, expected.to(after.dtype), atol=1e-6, rtol=1e-6)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 1 and math.isfinite(logs[0]["loss"])
+    assert 0 < logs[0]["shaping/gated_frac"] < 1
+    assert logs[0]["shaping/weight_gated"] > 1 > logs[0]["shaping/weight_ungated"] >= 0.2
+    assert any(not torch.equal(params[n], p) for n, p in trainer.model.named_parameters() if n in params)

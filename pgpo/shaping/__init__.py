@@ -10,8 +10,9 @@ method is one function with one signature, registered with :func:`register_shapi
 ``config`` builds the method's own frozen config from the trainer's :class:`~pgpo.config.PGPOConfig` (so its
 options are flat, documented ``PGPOConfig`` fields, as TRL's parser needs); ``per_response=True`` declares that a
 response's weights depend on that response's tokens alone, which lets the trainer shape each training micro-batch
-on its own. Registered here: ``none`` (GRPO / DAPO / Dr.GRPO), ``pgpo`` (Eqs. 4-8, :mod:`pgpo.shaping.pgpo`) and
-``vppo`` (:mod:`pgpo.shaping.vppo`).
+on its own. Registered here: ``none`` (GRPO / DAPO / Dr.GRPO), ``pgpo`` (Eqs. 4-8, :mod:`pgpo.shaping.pgpo`),
+``pgpo_authors_dev`` (the authors' development variant: per-response quantile gate, 0.1 floor, no Eq. 7;
+:mod:`pgpo.shaping.pgpo_authors_dev`) and ``vppo`` (:mod:`pgpo.shaping.vppo`).
 """
 
 from __future__ import annotations
@@ -96,16 +97,21 @@ def no_shaping(advantages: torch.Tensor, dependency: torch.Tensor, mask: torch.T
 
 
 from pgpo.shaping import pgpo as _pgpo  # noqa: E402,F401  (registers "pgpo")
+from pgpo.shaping import pgpo_authors_dev as _pgpo_authors_dev  # noqa: E402,F401  (registers "pgpo_authors_dev")
 from pgpo.shaping import vppo as _vppo  # noqa: E402,F401  (registers "vppo")
 from pgpo.shaping.pgpo import PGPOShapingConfig, pgpo_shape, pgpo_weights  # noqa: E402
+from pgpo.shaping.pgpo_authors_dev import PGPOAuthorsDevConfig, authors_dev_shape, authors_dev_weights  # noqa: E402
 from pgpo.shaping.vppo import VPPOShapingConfig, vppo_shape  # noqa: E402
 
 __all__ = [
     "SHAPING_METHODS",
+    "PGPOAuthorsDevConfig",
     "PGPOShapingConfig",
     "ShapingMethod",
     "ShapingResult",
     "VPPOShapingConfig",
+    "authors_dev_shape",
+    "authors_dev_weights",
     "get_shaping",
     "pgpo_shape",
     "pgpo_weights",
