@@ -397,7 +397,10 @@ _GATE = (
 )
 REMOVED_OPTIONS = {
     "pgpo_gate": f"removed: {_GATE}; there is no gate rule to choose",
-    "pgpo_quantile": f"removed: {_GATE}, not a quantile of the batch's dependency: use pgpo_tau",
+    "pgpo_quantile": (
+        f"removed: {_GATE}, not a quantile of the batch's dependency: use pgpo_tau. A per-response quantile gate is "
+        "the authors' development variant: --advantage_shaping pgpo_authors_dev --pgpo_authors_dev_quantile Q"
+    ),
     "pgpo_threshold": f"removed: {_GATE}, not a threshold in nats of KL: use pgpo_tau",
     "pgpo_alpha": (
         "removed: gated tokens are amplified by Eq. 6's ramp, w = 1 + pgpo_beta (I - tau) / (1 - tau), not "
