@@ -18,11 +18,17 @@ Model level, for any Hugging Face VLM: :func:`score_batch` scores a processed pr
 pass, the blind pass and the estimator); :func:`sampled_token_logps` is the log-prob of each sampled token with the
 LM head applied chunk by chunk on the backbone's hidden states, with the model's logit post-processing
 (``logit_scale`` and aliases, Gemma's softcap) as TRL's fused head applies it.
+
+Every pass that feeds ``S`` runs dropout-free (:func:`dropout_free`: eval mode for the pass, each module's previous mode
+back afterwards), as EasyR1, VPPO-RL and PAPO compute their log-probs: with a LoRA dropout of 0.05 a train-mode
+scoring carries noise of the size of the image's effect itself. :func:`dropout_sites` names what would drop while the
+model trains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -201,6 +207,63 @@ def _unwrap(model):
     return inner
 
 
+@contextmanager
+def _modes_restored(model: torch.nn.Module) -> Iterator[None]:
+    """On exit, every module of ``model`` is back in the mode (train / eval) it had on entry.
+
+    ``model.train(previous)`` runs first, so the mode switch's own work happens (transformers re-selects its kernels,
+    PEFT's DoRA clears its cache, a frozen part's ``train`` override keeps it in eval); then each module's flag is set
+    to what it was, so a module someone put in eval inside a training model stays in eval whatever its class does.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        model.train(modes[0][1])
+        for module, training in modes:
+            module.training = training
+
+
+def _drops(module: torch.nn.Module) -> bool:
+    """Whether ``module`` drops activations in train mode: a ``nn.Dropout`` (or any ``_DropoutNd``) with ``p > 0``, or
+    a float ``attention_dropout`` / ``dropout`` > 0 that Hugging Face attention applies functionally when training."""
+    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    return any(
+        isinstance(getattr(module, a, None), float) and getattr(module, a) > 0 for a in ("attention_dropout", "dropout")
+    )
+
+
+def dropout_sites(model) -> list[str]:
+    """Names of the modules of ``model`` that drop activations while it trains (``[]``: training is dropout-free).
+
+    Counted under ``model.train()`` (every module's mode restored afterwards), so a part that stays in eval when the
+    model trains (the demo VLM's frozen vision tower) counts for nothing. TRL's ``disable_dropout=True`` sets every
+    ``nn.Dropout``'s ``p`` to 0 (PEFT's LoRA dropout included) but not Hugging Face's ``attention_dropout`` floats.
+    """
+    if not isinstance(model, torch.nn.Module):
+        return []
+    with _modes_restored(model):
+        model.train()
+        return [name for name, module in model.named_modules() if module.training and _drops(module)]
+
+
+@contextmanager
+def dropout_free(model) -> Iterator[None]:
+    """A scoring pass without dropout: ``model`` in eval mode inside, each module's previous mode back on exit.
+
+    Spec section 1: ``S`` is scored "in eval mode (dropout off: EasyR1, VPPO-RL and PAPO compute every log-prob that
+    way)". ``nn.Dropout`` (PEFT's LoRA dropout too) is the identity in eval mode and Hugging Face attention passes
+    ``dropout=0`` when not training. Nesting is fine; a model that is not an ``nn.Module`` is left as it is.
+    """
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    with _modes_restored(model):
+        model.eval()
+        yield
+
+
 def logit_postprocess(config) -> tuple[float, float | None]:
     """``(scale, softcap)`` a model applies to ``lm_head(h)``: ``logits = softcap * tanh(scale * lm_head(h) / softcap)``.
 
@@ -249,13 +312,15 @@ def _hidden_and_head(model):
 
 
 def _completion_states(model, batch: dict, logits_to_keep: int, split) -> torch.Tensor:
-    """Hidden states (or logits, without ``split``) at the positions that predict the last ``logits_to_keep`` tokens;
-    a copy, not a view, so the states of the whole ``[B, P+T]`` sequence are freed before the next forward."""
-    if split is not None:
-        backbone, _ = split
-        hidden = backbone(**batch, use_cache=False).last_hidden_state
-    else:
-        hidden = model(**batch, use_cache=False, logits_to_keep=logits_to_keep + 1).logits
+    """Hidden states (or logits, without ``split``) at the positions that predict the last ``logits_to_keep`` tokens,
+    from a dropout-free forward (:func:`dropout_free`); a copy, not a view, so the states of the whole ``[B, P+T]``
+    sequence are freed before the next forward."""
+    with dropout_free(model):
+        if split is not None:
+            backbone, _ = split
+            hidden = backbone(**batch, use_cache=False).last_hidden_state
+        else:
+            hidden = model(**batch, use_cache=False, logits_to_keep=logits_to_keep + 1).logits
     return hidden[:, -logits_to_keep - 1 : -1].contiguous()
 
 
@@ -265,7 +330,8 @@ def sampled_token_logps(
     """``log pi(x_t | x_<t)`` of the last ``logits_to_keep`` tokens of ``batch["input_ids"]``, float32 ``[B, T]``.
 
     The selective log-softmax TRL uses for its log-probs: the LM head runs on ``chunk_size`` positions at a time, so
-    the ``B x T x V`` logits never exist at once. ``batch`` may carry ``position_ids`` (the blind pass does).
+    the ``B x T x V`` logits never exist at once. ``batch`` may carry ``position_ids`` (the blind pass does). The
+    forward is dropout-free (:func:`dropout_free`), whatever mode ``model`` is in.
     """
     T = logits_to_keep
     targets = batch["input_ids"][:, -T:]
@@ -390,29 +456,32 @@ def score_batch(
             pixel after normalisation (:func:`pgpo.text_only.black_pixel`) and a seeded generator.
 
     Returns:
-        float32 ``[B, T]``, ``>= 0``, exactly 0 where ``completion_mask`` is 0.
+        float32 ``[B, T]``, ``>= 0``, exactly 0 where ``completion_mask`` is 0. Every pass (``logps_fn`` included) runs
+        dropout-free (:func:`dropout_free`): scoring the same batch twice gives the same ``S``, whatever mode ``model``
+        is in, and each module's mode is as before afterwards.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    T = logits_to_keep
-    mask = batch["attention_mask"][:, -T:] if completion_mask is None else completion_mask
-    spec = spec or image_token_spec(_unwrap(model).config)
-    positions = image_pass_position_ids(model, batch) if text_only_mode == "mask" else None
-    blind = counterfactual_batch(
-        batch,
-        T,
-        text_only_mode,
-        spec,
-        position_ids=positions,
-        pad_token_id=pad_token_id,
-        mask_delimiters=mask_delimiters,
-        patch_prob=patch_prob,
-        black=black,
-        generator=generator,
-    )
-    if estimator == "kl":
-        return compute_visual_dependency(model, batch, blind, T, mask, chunk_size, temperature).scores
-    logps = logps_fn or (lambda b: sampled_token_logps(model, b, T, temperature, chunk_size))
-    if image_logps is None:
-        image_logps = logps(batch)
-    return k3_dependency(image_logps, logps(blind), mask, clamp=k3_clamp)
+    with dropout_free(model):
+        T = logits_to_keep
+        mask = batch["attention_mask"][:, -T:] if completion_mask is None else completion_mask
+        spec = spec or image_token_spec(_unwrap(model).config)
+        positions = image_pass_position_ids(model, batch) if text_only_mode == "mask" else None
+        blind = counterfactual_batch(
+            batch,
+            T,
+            text_only_mode,
+            spec,
+            position_ids=positions,
+            pad_token_id=pad_token_id,
+            mask_delimiters=mask_delimiters,
+            patch_prob=patch_prob,
+            black=black,
+            generator=generator,
+        )
+        if estimator == "kl":
+            return compute_visual_dependency(model, batch, blind, T, mask, chunk_size, temperature).scores
+        logps = logps_fn or (lambda b: sampled_token_logps(model, b, T, temperature, chunk_size))
+        if image_logps is None:
+            image_logps = logps(batch)
+        return k3_dependency(image_logps, logps(blind), mask, clamp=k3_clamp)

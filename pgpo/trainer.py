@@ -13,8 +13,13 @@ aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints, logging — is T
      weights are the ones that sampled the batch; its detached log-probs are ``log pi_img``, and the blind pass,
      the k3 estimate and the shaping run for each micro-batch between that forward and TRL's loss (valid because
      PGPO's weights depend only on each response's own tokens).
-   * ``"own_pass"``: otherwise (``dependency_estimator="kl"``, a method that normalises over the batch, or
-     ``dependency_from_training_forward=False``): PGPO runs its own no-grad image-conditioned pass after generation.
+   * ``"own_pass"``: otherwise (``dependency_estimator="kl"``, a method that normalises over the batch,
+     ``dependency_from_training_forward=False``, or a policy that applies dropout while it trains, e.g. a PEFT LoRA
+     with ``lora_dropout > 0``: TRL's passes run in train mode, so their log-probs carry dropout noise): PGPO runs its
+     own no-grad, dropout-free image-conditioned pass after generation.
+
+   Every pass that feeds the dependency (the image and blind passes, VPPO's perturbed image, PAPO's masked image)
+   runs dropout-free, in eval mode (:func:`pgpo.dependency.dropout_free`; each module's mode is restored after it).
 
 2. The blind pass (:mod:`pgpo.text_only`) and the estimator (:mod:`pgpo.dependency`) go through
    :func:`pgpo.dependency.score_batch`; the log-probs of both passes come from TRL's own model call (its fused LM
@@ -48,7 +53,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from pgpo import checkpoint as ckpt
 from pgpo.config import PGPOConfig
 from pgpo.data import image_values
-from pgpo.dependency import score_batch
+from pgpo.dependency import dropout_free, dropout_sites, score_batch
 from pgpo.loss_terms import LossContext, get_loss_term
 from pgpo.rewards import check_group_statistics
 from pgpo.run_folder import Run, claim_run_folder, mark_checkpoint, model_name, run_settings
@@ -172,13 +177,17 @@ class PGPOTrainer(GRPOTrainer):
                     f"dependency, which needs a vision-language model: {err}"
                 ) from None
             self._image_spec = None
+        self._scoring_batch_size: int | None = None  # set while a scoring pass runs (_scoring)
+        self.dropout_sites = dropout_sites(self.model)  # what drops while the policy trains ([]: nothing)
         self.dependency_source = self._choose_dependency_source()
         logger.info(
-            "PGPO: advantage_shaping=%s, dependency_estimator=%s, text_only_mode=%s, p_image from %s",
+            "PGPO: advantage_shaping=%s, dependency_estimator=%s, text_only_mode=%s, p_image from %s; "
+            "every scoring pass runs dropout-free (eval mode)%s",
             self.args.advantage_shaping,
             self.args.dependency_estimator,
             self.args.text_only_mode,
             self.dependency_source,
+            self._dropout_note(),
         )
         self._loss_inputs: dict | None = None  # the micro-batch of the training forward in progress
         self._loss_logps: torch.Tensor | None = None  # its log-probs, with gradient (for the loss terms)
@@ -204,11 +213,24 @@ class PGPOTrainer(GRPOTrainer):
             return "none"
         if self.args.dependency_estimator == "kl":
             return "own_pass"  # needs the full distributions of both passes
+        if self.dropout_sites:
+            return "own_pass"  # TRL's passes run in train mode: their log-probs carry dropout noise
         if self._trl_runs_old_logps_pass():
             return "trl_old_logps"
         if self.args.dependency_from_training_forward and self._shaping.per_response:
             return "training_forward"
         return "own_pass"
+
+    def _dropout_note(self) -> str:
+        """What the start-up log says about dropout."""
+        if not self.dropout_sites or self.dependency_source == "none":
+            return ""
+        names = ", ".join(self.dropout_sites[:2]) + (", ..." if len(self.dropout_sites) > 2 else "")
+        return (
+            f"; the policy applies dropout while it trains ({len(self.dropout_sites)} modules: {names}), so log "
+            "p_image is taken from PGPO's own dropout-free pass, not from TRL's train-mode forward (TRL's "
+            "disable_dropout=True removes nn.Dropout, LoRA's included, and restores the cheaper source)"
+        )
 
     def _build_sampler(self) -> DynamicSampler:
         """DAPO's dynamic sampling (:mod:`pgpo.sampling`): checked and built once."""
@@ -263,12 +285,32 @@ class PGPOTrainer(GRPOTrainer):
         return torch.Generator().manual_seed(hash(key) % (2**63))
 
     # ----------------------------------------------------------------------------------------------- scoring
+    @contextmanager
+    def _scoring(self):
+        """A scoring pass: dropout-free (:func:`pgpo.dependency.dropout_free`, every module's mode restored after it);
+        yields the micro-batch size of the mode the model was in before (train or eval). Nests."""
+        if self._scoring_batch_size is not None:
+            yield self._scoring_batch_size
+            return
+        args = self.args
+        self._scoring_batch_size = (
+            args.per_device_train_batch_size if self.model.training else args.per_device_eval_batch_size
+        )
+        try:
+            with dropout_free(self.model):
+                yield self._scoring_batch_size
+        finally:
+            self._scoring_batch_size = None
+
     def _sampled_logps(self, batch: dict, logits_to_keep: int) -> torch.Tensor:
-        """No-grad log-probs of the sampled tokens through TRL's own model call (fused LM head, rollout temperature),
-        one micro-batch at a time. Batches with ``position_ids`` (the blind pass) are called directly; the others go
-        through TRL's ``_get_per_token_logps_and_entropies``, which slices their image tensors."""
-        size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        """No-grad, dropout-free log-probs of the sampled tokens through TRL's own model call (fused LM head, rollout
+        temperature), one micro-batch at a time. Batches with ``position_ids`` (the blind pass) are called directly;
+        the others go through TRL's ``_get_per_token_logps_and_entropies``, which slices their image tensors."""
+        with (
+            self._scoring() as size,
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+        ):
             if "position_ids" not in batch:
                 extra = {k: batch[k] for k in TRL_FORWARD_KEYS if k in batch}
                 logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
@@ -315,10 +357,11 @@ class PGPOTrainer(GRPOTrainer):
 
     def visual_dependency(self, inputs: dict) -> torch.Tensor:
         """``S`` ``[B, T]`` of a generation batch (the dict :meth:`generate_and_score` returns), with this run's
-        estimator and blind pass, scored by the current weights."""
+        estimator and blind pass, scored by the current weights, dropout-free."""
         if self._image_spec is None:
             raise ValueError("visual dependency needs a vision-language model (no image token id in its config)")
-        return self._dependency(inputs, inputs.get("old_per_token_logps"))
+        image_logps = inputs.get("old_per_token_logps") if self.dependency_source == "trl_old_logps" else None
+        return self._dependency(inputs, image_logps)
 
     def _dependency(self, inputs: dict, image_logps: torch.Tensor | None = None) -> torch.Tensor:
         """Visual dependency ``[B, T]`` of a generation batch (TRL's output dict) or of one training micro-batch."""
@@ -326,18 +369,16 @@ class PGPOTrainer(GRPOTrainer):
         batch["input_ids"] = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         batch["attention_mask"] = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         T = inputs["completion_ids"].shape[1]
-        if self.args.dependency_estimator == "kl":
+        with self._scoring() as size:
+            if self.args.dependency_estimator != "kl":
+                return self._score(batch, T, image_logps=image_logps)
             scorer = _MicroBatchScorer(self, T)
-            size = (
-                self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
-            )
             extra = {k: batch[k] for k in TRL_FORWARD_KEYS if k in batch}
             with torch.no_grad():
                 GRPOTrainer._get_per_token_logps_and_entropies(
                     self, scorer, batch["input_ids"], batch["attention_mask"], T, size, **extra
                 )
             return torch.cat(scorer.scores)
-        return self._score(batch, T, image_logps=image_logps)
 
     # ----------------------------------------------------------------------------------------------- TRL seams
     def _generate_and_score_completions(self, inputs):

@@ -1,5 +1,6 @@
 """PGPOTrainer on the tiny random Qwen2.5-VL (real tokenizer): every algorithm trains, PGPO with unit weights is GRPO."""
 
+import logging
 import math
 
 import pytest
@@ -412,3 +413,68 @@ def test_yaml_peft_section_becomes_model_config_options(tmp_path):
         "lora_alpha": 32,
         "lora_target_modules": ["q_proj"],
     }
+
+
+# ----------------------------------------------------------------------------------------------- dropout-free scoring
+
+
+def lora_dropout_trainer(tmp_path, **kw):
+    """The tiny Qwen2.5-VL with a PEFT LoRA of dropout 0.05 (configs/qwen25vl_7b_lora.yaml's); random A and B, so the
+    adapter (and its dropout) changes the output from the start."""
+    from peft import LoraConfig
+
+    model, processor = build_model()
+    torch.manual_seed(0)
+    return PGPOTrainer(
+        model=model,
+        reward_funcs=length_reward,
+        args=small_args(tmp_path, logging_steps=1, **kw),
+        train_dataset=colour_dataset(),
+        processing_class=processor,
+        peft_config=LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        ),
+    )
+
+
+@pytest.mark.parametrize("overrides", [{}, {"steps_per_generation": 2, "gradient_accumulation_steps": 1}])
+def test_with_dropout_log_p_image_comes_from_a_dropout_free_pass(tmp_path, caplog, overrides):
+    """TRL's training forward and its old-log-prob pass run in train mode: with dropout, PGPO scores its own pass,
+    and says so at start."""
+    with caplog.at_level(logging.INFO, logger="pgpo.trainer"):
+        trainer = lora_dropout_trainer(tmp_path, **overrides)
+    assert trainer.dropout_sites and all("lora_dropout" in name for name in trainer.dropout_sites)
+    assert trainer.dependency_source == "own_pass"
+    assert "dropout-free" in caplog.text and "applies dropout while it trains" in caplog.text
+
+
+def test_scoring_with_lora_dropout_is_dropout_free(tmp_path):
+    """In training (train mode, LoRA dropout 0.05): S of a batch == S of the same batch with the dropout disabled,
+    and scoring it again gives the same S."""
+    trainer = lora_dropout_trainer(tmp_path)
+    dropouts = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    assert dropouts
+    seen = []
+    original = trainer._shape_advantages
+
+    def check(batch, scores, mode):
+        assert trainer.model.training
+        again = trainer.visual_dependency(batch)
+        for m in dropouts:
+            m.p = 0.0  # what TRL's disable_dropout does
+        try:
+            without = trainer.visual_dependency(batch)
+        finally:
+            for m in dropouts:
+                m.p = 0.05
+        seen.append((scores.clone(), again, without, trainer.model.training))
+        return original(batch, scores, mode)
+
+    trainer._shape_advantages = check
+    trainer.train()
+    assert seen
+    for scores, again, without, training in seen:
+        assert training  # the scoring passes gave the model its train mode back
+        assert torch.equal(scores, again)
+        torch.testing.assert_close(scores, without, atol=1e-6, rtol=1e-5)
+        assert scores.sum() > 0
