@@ -43,7 +43,8 @@ ESTIMATORS = ("k3", "kl")
 # in float32 (e^80 ~ 5.5e34); a sampled token 80 nats less likely with the image than without it does not occur in
 # practice, so this changes nothing but an overflow.
 K3_MAX_LOG_RATIO = 80.0
-# VPPO-RL's clamps (an option): d to [-20, 20], then S to [0, 10].
+# VPPO-RL's clamps (an option): d to [-20, 20], then S to [0, 10]. The d clamp changes nothing once S is clamped: S
+# grows with |d| on each side of 0 and S(+-20) > 10, so this is exactly min(S, 10) (tested).
 VPPO_K3_CLAMP = (20.0, 10.0)
 _NON_FINITE = "visual dependency: non-finite logits (NaN or inf) in the scored completion positions"
 

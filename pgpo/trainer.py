@@ -26,8 +26,9 @@ aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints, logging — is T
    head, at the rollout temperature), so both sides use one kernel.
 3. TRL's per-response advantages ``[B]`` are replaced by the registered shaping method's per-token advantages
    ``[B, T]`` (:mod:`pgpo.shaping`); TRL's ``_compute_loss`` takes ``[B, T]`` advantages as they are.
-4. Metrics: dependency mean / quantiles / sparsity, gated fraction, mean weight on gated / ungated tokens, and a
-   running variance of the gradient norm across optimizer steps (Welford; ``grad_norm/running_var``).
+4. Metrics: dependency mean / quantiles / sparsity / share of tokens with ``S >= 10`` (``k3_clamp="vppo"``'s ceiling),
+   gated fraction, mean weight on gated / ungated tokens, and a running variance of the gradient norm across optimizer
+   steps (Welford; ``grad_norm/running_var``).
 5. Faults (docs/reliability.md): the data, the output folder and the processor's limits are checked at start
    (:mod:`pgpo.validation`); a non-finite loss or gradient norm raises ``FloatingPointError`` naming the step, before
    the optimizer applies it; batches mixing rows with and without an image train (a text-only row's dependency is 0).
@@ -53,7 +54,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from pgpo import checkpoint as ckpt
 from pgpo.config import PGPOConfig
 from pgpo.data import image_values
-from pgpo.dependency import dropout_free, dropout_sites, score_batch
+from pgpo.dependency import VPPO_K3_CLAMP, dropout_free, dropout_sites, score_batch
 from pgpo.loss_terms import LossContext, get_loss_term
 from pgpo.rewards import check_group_statistics
 from pgpo.run_folder import Run, claim_run_folder, mark_checkpoint, model_name, run_settings
@@ -181,11 +182,12 @@ class PGPOTrainer(GRPOTrainer):
         self.dropout_sites = dropout_sites(self.model)  # what drops while the policy trains ([]: nothing)
         self.dependency_source = self._choose_dependency_source()
         logger.info(
-            "PGPO: advantage_shaping=%s, dependency_estimator=%s, text_only_mode=%s, p_image from %s; "
+            "PGPO: advantage_shaping=%s, dependency_estimator=%s, text_only_mode=%s, k3_clamp=%s, p_image from %s; "
             "every scoring pass runs dropout-free (eval mode)%s",
             self.args.advantage_shaping,
             self.args.dependency_estimator,
             self.args.text_only_mode,
+            self.args.k3_clamp,
             self.dependency_source,
             self._dropout_note(),
         )
@@ -578,6 +580,9 @@ class PGPOTrainer(GRPOTrainer):
         for q in (0.5, 0.9, 0.99):
             m[f"dependency/p{int(q * 100)}"].append(torch.quantile(valid, q).item())
         m["dependency/max"].append(valid.max().item())
+        # Tokens at or above k3_clamp="vppo"'s ceiling S = 10: the same share with the clamp on or off (min(S, 10) >= 10
+        # iff S >= 10), i.e. the tokens the clamp holds at 10 or would.
+        m["dependency/frac_above_10"].append((valid >= VPPO_K3_CLAMP[1]).float().mean().item())
         # sparsity: share of the total dependency carried by the top 10% of tokens
         k = max(1, math.ceil(0.1 * valid.numel()))
         total = valid.sum().item()

@@ -270,3 +270,54 @@ def test_compute_visual_dependency_applies_the_models_logit_postprocessing(model
     raw = torch.log_softmax(model.get_output_embeddings()(model.base_model(**batch).last_hidden_state), -1)
     assert not torch.allclose(raw[:, -T - 1 : -1].gather(-1, ids[:, -T:, None]).squeeze(-1), ref, atol=1e-2)
     assert torch.all(out.scores.abs() < 1e-5)  # same inputs on both sides
+
+
+def test_the_vppo_clamp_is_min_s_10_its_d_clamp_changes_nothing():
+    """k3_clamp='vppo' (d to [-20, 20], then S to [0, 10]) == min(S, 10) of the unclamped S, for every d: S grows with
+    |d| on each side of 0 and S(+-20) > 10, so a plain S <= 10 clamp would be the same option."""
+    d = torch.cat([torch.linspace(-200.0, 200.0, 40_001), torch.tensor([-20.0, 20.0, 2.5, -11.0])])[None]
+    unclamped = k3_dependency(torch.zeros_like(d), d)
+    vppo = k3_dependency(torch.zeros_like(d), d, clamp=VPPO_K3_CLAMP)
+    assert torch.equal(vppo, unclamped.clamp(max=10.0))
+    assert (vppo == 10.0).any() and (vppo < 10.0).any()
+
+
+def worked_example():
+    """docs/method.md's example: one response of 8 tokens, d = log pi_blind - log pi_img per token: a token the image
+    makes far less likely (d = +5.5, S = 238), an image-driven neighbour (d = -3: 20x likelier with the image,
+    S = 2.05) and six tokens the image does not change (d = 0). Returns {clamp: (S, w~)} with Eqs. 4-7's defaults."""
+    from pgpo.shaping.pgpo import pgpo_weights
+
+    d = torch.tensor([[5.5, -3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    out = {}
+    for name, clamp in (("none", None), ("vppo", VPPO_K3_CLAMP)):
+        s = k3_dependency(torch.zeros_like(d), d, clamp=clamp)
+        w, _ = pgpo_weights(s, torch.ones_like(d))
+        out[name] = (s[0], w[0].float())
+    return out
+
+
+def test_worked_example_one_token_at_d_5_5_changes_the_weights():
+    """Without a clamp the d = +5.5 token sets the top of Eq. 5's min-max, so its image-driven neighbour falls under
+    tau (I = 0.20, w~ = 1.16); clamped at S = 10 the neighbour is gated (I = 0.47, w~ = 2.31)."""
+    ex = worked_example()
+    (s_none, w_none), (s_vppo, w_vppo) = ex["none"], ex["vppo"]
+    assert s_none[0].item() == pytest.approx(math.exp(5.5) - 6.5, rel=1e-5) and s_vppo[0].item() == 10.0
+    assert s_none[1].item() == pytest.approx(math.exp(-3.0) + 2.0, rel=1e-5) == s_vppo[1].item()
+    assert [round(w, 2) for w in w_none[:2].tolist()] == [6.84, 1.16]
+    assert [round(w, 2) for w in w_vppo[:2].tolist()] == [5.69, 2.31]
+    assert (w_none[2:] == 0).all() and (w_vppo[2:] == 0).all()  # I = 0 -> w = 0 (Eq. 6) either way
+    assert w_none.sum().item() == pytest.approx(8.0) and w_vppo.sum().item() == pytest.approx(8.0)  # Eq. 7
+
+
+def test_docs_state_the_worked_example_as_computed():
+    """docs/method.md's clamp section quotes the numbers the functions give (not hand-copied ones that drift)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    section = text[text.index("### The k3 clamp") :]
+    ex = worked_example()
+    for name in ("none", "vppo"):
+        s, w = ex[name]
+        for value in (f"{s[0].item():.0f}" if name == "none" else "10", f"{w[0].item():.2f}", f"{w[1].item():.2f}"):
+            assert value in section, (name, value)

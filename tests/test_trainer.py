@@ -2,6 +2,8 @@
 
 import logging
 import math
+from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -60,6 +62,7 @@ METRICS = [
     "dependency/mean_log1p",
     "dependency/p50",
     "dependency/p90",
+    "dependency/frac_above_10",
     "shaping/gated_frac",
     "shaping/weight_gated",
     "shaping/weight_ungated",
@@ -478,3 +481,19 @@ def test_scoring_with_lora_dropout_is_dropout_free(tmp_path):
         assert torch.equal(scores, again)
         torch.testing.assert_close(scores, without, atol=1e-6, rtol=1e-5)
         assert scores.sum() > 0
+
+
+def test_frac_above_10_is_logged_and_the_same_with_or_without_the_clamp():
+    """dependency/frac_above_10: the share of valid tokens with S >= 10, k3_clamp='vppo''s ceiling (a clamped S of
+    exactly 10 counts, so the number does not depend on the clamp)."""
+    from pgpo.dependency import VPPO_K3_CLAMP, k3_dependency
+
+    d = torch.tensor([[5.5, -3.0, 0.0, 2.0, 9.0], [-12.0, 0.1, 0.0, -30.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    fracs = []
+    for clamp in (None, VPPO_K3_CLAMP):
+        scores = k3_dependency(torch.zeros_like(d), d, mask, clamp=clamp)
+        fake = SimpleNamespace(_metrics={"train": defaultdict(list)}, _gathered=lambda v: v)
+        PGPOTrainer._log_dependency(fake, scores, mask, "train")
+        fracs.append(fake._metrics["train"]["dependency/frac_above_10"])
+    assert fracs == [[pytest.approx(2 / 7)]] * 2  # d = +5.5 (S = 238) and d = -12 (S = 11); padding not counted
