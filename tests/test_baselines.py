@@ -168,3 +168,25 @@ def test_dapo_trains_only_on_mixed_groups_and_refills(tmp_path, monkeypatch):
     logs = [h for h in trainer.state.log_history if "dynamic_sampling/rounds" in h]
     assert all(h["dynamic_sampling/rounds"] > 1 and h["dynamic_sampling/kept_frac"] < 1 for h in logs)
     assert all(h["dynamic_sampling/filled_frac"] == 0 for h in logs)
+
+
+def test_vppo_scores_each_process_share_of_the_generation_batch(tmp_path, monkeypatch):
+    """VPPO's TAS normalises over the batch it is given: the trainer gives it the whole local generation batch (here
+    2 micro-batches of 4), once per generation, not each training micro-batch (pgpo/shaping/vppo.py's docstring)."""
+    import dataclasses
+
+    from pgpo.shaping import SHAPING_METHODS, vppo
+
+    method, seen = SHAPING_METHODS["vppo"], []
+
+    def spy(advantages, dependency, mask, cfg):
+        seen.append(advantages.shape[0])
+        return method.fn(advantages, dependency, mask, cfg)
+
+    monkeypatch.setitem(SHAPING_METHODS, "vppo", dataclasses.replace(method, fn=spy))
+    trainer = make_trainer(
+        tmp_path, "vppo", steps_per_generation=2, max_steps=2, dynamic_sampling_fallback="fill", max_sampling_rounds=2
+    )
+    trainer.train()
+    assert seen == [8]  # one generation of 8 rows (2 groups of 4) serves both optimizer steps
+    assert "each process's share of the generation batch" in " ".join(vppo.__doc__.split())

@@ -11,8 +11,11 @@ copy (clamped: :data:`pgpo.dependency.VPPO_K3_CLAMP`) and then applies two thing
   (``p = top_p_tokens``); the others get 0 but stay in the loss's token count.
 
 VPPO-RL takes the TAS min-max over each GPU's share of the update mini-batch and the mean over each micro-batch; this
-function does both over the batch it is given, and the trainer gives it each training micro-batch
-(docs/method.md). Its defaults are VPPO-RL's config (p = 0.2, m = 0.8); their 7B script uses p = 0.4, m = 0.9.
+function does both over the batch it is given, and the trainer gives it each process's share of the generation batch
+(after dynamic sampling), once per generation, before it is split into micro-batches (``per_response=False``: the
+trainer's ``own_pass`` / ``trl_old_logps`` sources; docs/method.md). With Table 6's sizes that is 384 / P prompts on
+each of P processes, three times VPPO-RL's share of its 128-prompt update mini-batch (and more than a micro-batch for
+the mean). Its defaults are VPPO-RL's config (p = 0.2, m = 0.8); their 7B script uses p = 0.4, m = 0.9.
 """
 
 from __future__ import annotations
