@@ -322,7 +322,12 @@ PAPER_SETUP = {  # Table 6 / Sec. 5.1: G = 5, AdamW lr 1e-6 constant, rollout te
     "top_p": 0.99,
     "max_completion_length": 2048,
     "reward_weights": [0.9, 0.1],  # 0.9 accuracy + 0.1 format (PRESET_REWARDS)
+    # Not Table 6's but its code base's: EasyR1 has no correction for the vLLM / HF likelihood mismatch. TRL's (on by
+    # default) would drop, under vLLM, every sequence whose ratio exceeds 3 (its sequence_mask mode); True turns it on.
+    "vllm_importance_sampling_correction": False,
 }
+# DAPO's overlong filtering (TRL's mask_truncated_completions) is in no preset: Table 6, EasyR1's DAPO example,
+# VPPO-RL and PAPO do not filter overlong completions. It stays an option (docs/method.md, "Deviations").
 DAPO = {  # DAPO (arXiv 2503.14476) as EasyR1 runs it: clip-higher, token-level mean, no KL, dynamic sampling
     "advantage_shaping": "none",
     "loss_type": "dapo",
@@ -330,13 +335,12 @@ DAPO = {  # DAPO (arXiv 2503.14476) as EasyR1 runs it: clip-higher, token-level 
     "epsilon_high": 0.28,
     "beta": 0.0,
     "dynamic_sampling": True,
-    "mask_truncated_completions": True,  # DAPO's overlong filtering
 }
-GRPO = {  # GRPO as the paper re-ran it in EasyR1: token-level mean, symmetric clip 0.2, k3 KL 0.01 to the reference
+GRPO = {  # GRPO as the paper re-ran it in EasyR1: token-level mean, k3 KL 0.01 to the reference, no dynamic sampling
     "advantage_shaping": "none",
     "loss_type": "dapo",
     "epsilon": 0.2,
-    "epsilon_high": 0.2,
+    "epsilon_high": 0.3,  # EasyR1's default clip_ratio_high (the paper states no clip for GRPO): not the paper's fact
     "beta": 0.01,
     "dynamic_sampling": False,
 }

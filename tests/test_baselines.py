@@ -1,7 +1,9 @@
 """The baselines as their own code does them: VPPO's patch blackout, PAPO's mask and loss terms (hand computations),
-their reduction to DAPO, and DAPO's dynamic sampling inside the trainer."""
+their reduction to DAPO, DAPO's dynamic sampling inside the trainer, VPPO's normalisation scope; the presets and the
+GPU configs against Table 6 and EasyR1's defaults (TRL's delta as EasyR1's dual clip)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from test_trainer import _final_params, _max_diff, colour_dataset, make_trainer
 from pgpo.loss_terms import LOSS_TERMS, LossContext, get_loss_term, register_loss_term
 from pgpo.loss_terms.papo import perception_kl
 from pgpo.text_only import black_pixel, blacken_image, blacken_patches
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +194,96 @@ def test_vppo_scores_each_process_share_of_the_generation_batch(tmp_path, monkey
     trainer.train()
     assert seen == [8]  # one generation of 8 rows (2 groups of 4) serves both optimizer steps
     assert "each process's share of the generation batch" in " ".join(vppo.__doc__.split())
+
+
+# ----------------------------------------------------------------------------------------------- presets and configs
+GPU_CONFIGS = ["configs/qwen25vl_3b_pgpo.yaml", "configs/qwen25vl_7b_pgpo.yaml"]
+
+
+def test_no_preset_turns_on_overlong_masking():
+    """Table 6, EasyR1's DAPO example, VPPO-RL and PAPO filter no overlong completions, and grpo does not either: a
+    preset that did would confound GRPO vs DAPO. It stays an option (TRL's mask_truncated_completions)."""
+    from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
+
+    for name, preset in ALGORITHM_PRESETS.items():
+        assert "mask_truncated_completions" not in preset, name
+        assert PGPOConfig(**preset, use_cpu=True).mask_truncated_completions is False, name
+    assert PGPOConfig(**ALGORITHM_PRESETS["dapo"], use_cpu=True, mask_truncated_completions=True)
+
+
+def test_presets_turn_off_trls_vllm_importance_sampling_correction():
+    """EasyR1 has no such step; TRL's default (on) masks whole sequences whose HF / vLLM likelihood ratio exceeds 3."""
+    from pgpo.config import ALGORITHM_PRESETS
+
+    assert all(p["vllm_importance_sampling_correction"] is False for p in ALGORITHM_PRESETS.values())
+
+
+def test_grpo_presets_clip_as_easyr1s_default():
+    from pgpo.config import ALGORITHM_PRESETS
+
+    for name in ("grpo", "pgpo_grpo"):
+        assert (ALGORITHM_PRESETS[name]["epsilon"], ALGORITHM_PRESETS[name]["epsilon_high"]) == (0.2, 0.3), name
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS)
+def test_gpu_configs_add_easyr1s_defaults_and_set_the_vllm_correction(path, tmp_path):
+    """The 3B / 7B configs resolve to Table 6 plus EasyR1's defaults the paper's runs inherit (weight decay 1e-2,
+    dual-clip 3.0 = TRL's delta), and say in the YAML itself whether TRL's vLLM correction runs."""
+    import yaml
+
+    from pgpo.commands.train import parse_args
+
+    config = ROOT / path
+    raw = yaml.safe_load(config.read_text())
+    assert raw["use_vllm"] is True and raw["vllm_importance_sampling_correction"] is False  # set there, explicitly
+    # --use_cpu: this machine has no GPU (the config asks for bf16, which transformers refuses on a CPU otherwise)
+    _, args, _, algorithm = parse_args(["--config", str(config), "--use_cpu", "true", "--output_dir", str(tmp_path)])
+    assert algorithm == "pgpo"
+    assert (args.loss_type, args.epsilon, args.epsilon_high, args.beta) == ("dapo", 0.2, 0.28, 0.0)
+    assert args.dynamic_sampling and not args.mask_truncated_completions
+    assert (args.weight_decay, args.delta) == (0.01, 3.0)
+    assert args.vllm_importance_sampling_correction is False
+    assert (args.num_generations, args.learning_rate, args.lr_scheduler_type) == (5, 1e-6, "constant")
+    assert (args.temperature, args.top_p, args.max_completion_length) == (1.0, 0.99, 2048)
+
+
+def _easyr1_policy_loss(logps, old_logps, advantages, mask, clip_low, clip_high, clip_dual):
+    """EasyR1's ``compute_policy_loss`` (verl/trainer/core_algos.py, loss_type "default", loss_avg_mode "token"),
+    transcribed: the clipped loss, and for negative advantages the dual clip ``min(., -A * clip_dual)``."""
+    log_ratio = logps - old_logps
+    ratio = torch.exp(torch.clamp(log_ratio, -20.0, 20.0))
+    clipped_ratio = torch.exp(torch.clamp(log_ratio, math.log(1.0 - clip_low), math.log(1.0 + clip_high)))
+    pg_loss, pg_loss2, pg_loss3 = -advantages * ratio, -advantages * clipped_ratio, -advantages * clip_dual
+    higher = torch.max(pg_loss, pg_loss2)
+    final = torch.where(advantages < 0, torch.min(higher, pg_loss3), higher)
+    return (final * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("delta", [3.0, None])
+def test_trls_delta_is_easyr1s_dual_clip(delta, monkeypatch):
+    """TRL's two-sided clip (``delta``) equals EasyR1's dual-clip PPO with C = delta, loss and gradient, whenever
+    delta > 1 + epsilon_high; without it (TRL's default) the loss differs where A < 0 and the ratio exceeds 3."""
+    from types import SimpleNamespace
+
+    import test_loss
+
+    def namespace(**kw):  # test_loss.trl_loss's stub, with TRL's `args.delta` set
+        return SimpleNamespace(**{**kw, "delta": delta} if "use_bias_correction_kl" in kw else kw)
+
+    monkeypatch.setattr(test_loss, "SimpleNamespace", namespace)
+    g = torch.Generator().manual_seed(0)
+    old = torch.randn(6, 9, generator=g, dtype=torch.float64) - 2
+    base = old + 1.5 * torch.randn(6, 9, generator=g, dtype=torch.float64)  # ratios from ~0.01 to ~100
+    adv = torch.randn(6, 9, generator=g, dtype=torch.float64)  # per-token, as PGPO hands them to the loss
+    mask = (torch.arange(9)[None] < torch.tensor([[9], [7], [5], [9], [3], [8]])).long()
+    assert (((base - old).exp() > 3) & (adv < 0) & mask.bool()).any()  # the dual clip has tokens to act on
+    x1, x2 = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    trl = test_loss.trl_loss(x1, old, adv, mask, "dapo", 0.2, 0.28)
+    easyr1 = _easyr1_policy_loss(x2, old, adv, mask.double(), 0.2, 0.28, 3.0)
+    trl.backward()
+    easyr1.backward()
+    if delta is None:
+        assert abs(trl.item() - easyr1.item()) > 1e-3
+        return
+    torch.testing.assert_close(trl, easyr1, atol=1e-12, rtol=0)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-12, rtol=0)
