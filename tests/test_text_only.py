@@ -1,8 +1,8 @@
 """The blind pass on the real Qwen2.5-VL code path (tiny random weights, real processor and tokenizer).
 
-The reference for text_only_mode="mask" is written here, independently of the library: the literal full-length
-forward of the image-conditioned batch (pixel values included) with the visual tokens' attention mask set to 0 and the
-original position ids passed, with eager attention.
+The reference for text_only_mode="mask" (tests/reference/masked.py) is written independently of the library: the
+literal full-length forward of the image-conditioned batch (pixel values included) with the visual tokens' attention
+mask set to 0 and the original position ids passed, with eager attention.
 """
 
 import re
@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from PIL import Image
+from reference.masked import literal_masked_logps, make_batch
 
 from pgpo.dependency import sampled_token_logps, score_batch
 from pgpo.text_only import (
@@ -22,40 +23,6 @@ from pgpo.text_only import (
     text_only_prompt,
 )
 
-COLOURS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (250, 250, 0)]
-
-
-def _messages(n_images, text):
-    return [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}]
-
-
-def make_batch(processor, rows, completions, images=None):
-    """rows: list of (n_images, question). Returns (batch, logits_to_keep, completion_mask) as TRL builds them:
-    left-padded prompts, completions right-padded after their end token, mm_token_type_ids extended with zeros."""
-    tok = processor.tokenizer
-    tok.padding_side = "left"
-    texts = [
-        processor.apply_chat_template(_messages(n, q), add_generation_prompt=True, tokenize=False) for n, q in rows
-    ]
-    if images is None:
-        images = [[Image.new("RGB", (56, 56), COLOURS[(i + j) % 4]) for j in range(n)] for i, (n, _) in enumerate(rows)]
-    enc = processor(images=images if any(images) else None, text=texts, padding=True, return_tensors="pt")
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    comp = [tok(c, add_special_tokens=False)["input_ids"] + [end] for c in completions]
-    T = max(map(len, comp))
-    comp_ids = torch.full((len(comp), T), tok.pad_token_id)
-    comp_mask = torch.zeros(len(comp), T, dtype=torch.long)
-    for i, c in enumerate(comp):
-        comp_ids[i, : len(c)] = torch.tensor(c)
-        comp_mask[i, : len(c)] = 1
-    batch = dict(enc)
-    batch["input_ids"] = torch.cat([enc["input_ids"], comp_ids], 1)
-    batch["attention_mask"] = torch.cat([enc["attention_mask"], comp_mask], 1)
-    if "mm_token_type_ids" in batch:
-        batch["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(comp_ids)], 1)
-    return batch, T, comp_mask
-
-
 ROWS = [(1, "How many red circles are there?"), (2, "Compare the two pictures."), (0, "What is 2+2?")]
 COMPLETIONS = ["There are three circles.", "The left one is red", "4"]
 
@@ -67,27 +34,6 @@ def eager_qwen():
     model, processor = build_tiny_qwen25vl(seed=0)
     model.set_attn_implementation("eager")
     return model, processor
-
-
-def literal_masked_logps(model, batch, T, hidden_ids):
-    """The reference: the image-conditioned batch, full length, with the visual tokens' attention set to 0 and the
-    position ids the image-conditioned forward uses, captured from the model's own rotary embedding."""
-    captured = {}
-    rotary = model.model.language_model.rotary_emb
-
-    def grab(module, args, kwargs):
-        captured["pos"] = (args[1] if len(args) > 1 else kwargs["position_ids"]).clone()
-
-    handle = rotary.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        model(**batch)
-    handle.remove()
-    masked = dict(batch)
-    masked["attention_mask"] = batch["attention_mask"].masked_fill(torch.isin(batch["input_ids"], hidden_ids), 0)
-    masked["position_ids"] = captured["pos"]
-    with torch.no_grad():
-        logits = model(**masked).logits[:, -T - 1 : -1].float()
-    return torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, -T:, None]).squeeze(-1), captured["pos"]
 
 
 def test_position_ids_are_the_image_passs_own(eager_qwen):
