@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pgpo.commands.tasks",
         "the chance table of the visual tasks: text-only predictors vs chance, per family",
     ),
-    "make-tiny": ("pgpo.commands.make_tiny", "save the tiny random Qwen2.5-VL (real tokenizer) to a folder"),
+    "make-tiny": (
+        "pgpo.commands.make_tiny",
+        "save a tiny random VLM (--arch: qwen2_5_vl, qwen2_vl, qwen3_vl, llava, ...; real processor) to a folder",
+    ),
 }
 
 

@@ -33,19 +33,9 @@ _spec = importlib.util.spec_from_file_location("make_fixtures", Path(__file__).p
 fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixtures)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MAX_NEW_TOKENS = 4
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model is 3-10x faster on one thread when the 2 CPU cores are shared (restored afterwards)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -140,11 +140,13 @@ class HFGenerator:
         texts = [
             self.processor.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests
         ]
-        images = [cap_pixels(img, self.max_pixels, self.min_pixels) for r in requests for img in r.images]
+        # one list per prompt: processors that take several images per prompt (Gemma 3's) read a flat list as one
+        images = [[cap_pixels(img, self.max_pixels, self.min_pixels) for img in r.images] for r in requests]
+        images = images if any(images) else None
         old_side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
-            inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+            inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
         finally:
             self.tokenizer.padding_side = old_side
         inputs = inputs.to(self.model.device)

@@ -12,19 +12,53 @@ from pathlib import Path
 
 import torch
 
+
+def chatml_template(image: str) -> str:
+    """A ChatML chat template (Qwen's, SmolLM2's) in which a ``{"type": "image"}`` part renders as ``image``."""
+    return (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+        "{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+        + image
+        + "{% elif content['type'] == 'text' or 'text' in content %}{{ content['text'] }}{% endif %}"
+        "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
 # Qwen2-VL-style chat template: {"type": "image"} renders as <|vision_start|><|image_pad|><|vision_end|>.
-QWEN2VL_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'text' or 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+QWEN2VL_CHAT_TEMPLATE = chatml_template("<|vision_start|><|image_pad|><|vision_end|>")
+
+
+def qwen_vision_ids(tok) -> dict[str, int]:
+    """The config's image / video / vision-span token ids from the Qwen tokenizer."""
+    return {
+        name: tok.convert_tokens_to_ids(t)
+        for name, t in [
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        ]
+    }
+
+
+def qwen_vision_config(out_hidden_size: int, patch_size: int, **extra) -> dict:
+    """A 2-block vision tower of the Qwen-VL kind (Qwen2.5-VL, Qwen3-VL, GLM-4.1V): width 32, 2x2 patch merge."""
+    return dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=out_hidden_size,
+        patch_size=patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        **extra,
+    )
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -57,15 +91,7 @@ def build_tiny_qwen25vl(seed: int = 0, hidden_size: int = 64, num_layers: int = 
 
     processor = processor or build_tiny_qwen25vl_processor()
     tok = processor.tokenizer
-    ids = {
-        name: tok.convert_tokens_to_ids(t)
-        for name, t in [
-            ("image_token_id", "<|image_pad|>"),
-            ("video_token_id", "<|video_pad|>"),
-            ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>"),
-        ]
-    }
+    ids = qwen_vision_ids(tok)
     heads = 4
     config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -78,18 +104,7 @@ def build_tiny_qwen25vl(seed: int = 0, hidden_size: int = 64, num_layers: int = 
             rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
             pad_token_id=tok.pad_token_id,
         ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=hidden_size,
-            fullatt_block_indexes=[1],
-            window_size=56,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        vision_config=qwen_vision_config(hidden_size, patch_size=14, fullatt_block_indexes=[1], window_size=56),
         **ids,
     )
     torch.manual_seed(seed)
