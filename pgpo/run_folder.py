@@ -57,6 +57,11 @@ RUN_DEFINING = (
     "top_k",
     "min_p",
     "repetition_penalty",
+    "mask_truncated_completions",
+    "delta",
+    "scale_rewards",
+    "loss_type",
+    "importance_sampling_level",
 )
 # PGPOConfig's own fields that do not change what is trained (memory, logging, this rule itself).
 NOT_RUN_DEFINING = ("overwrite_output_dir", "dependency_chunk_size", "log_visual_dependency")

@@ -225,14 +225,6 @@ def build_trainer(script_args, training_args, model_args):
 
     if not model_args.model_name_or_path:
         raise SystemExit("pgpo train: --model_name_or_path is required (a hub id or a local folder)")
-    model_init_kwargs = dict(
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    )
-    model_init_kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
-    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     model, processing_class = model_args.model_name_or_path, None
     try:  # pgpo's own models (tiny-qwen, demo-vlm, a demo VLM folder) are not transformers classes: built here
         own = load_pgpo_model(model, dtype=_torch_dtype(model_args.dtype))
@@ -240,6 +232,15 @@ def build_trainer(script_args, training_args, model_args):
         raise SystemExit(f"pgpo train: {err} (--model_name_or_path {model})") from None
     if own is not None:
         model, processing_class = own
+    else:  # TRL loads it from the path or hub id, with ModelConfig's options
+        model_init_kwargs = dict(
+            revision=model_args.model_revision,
+            trust_remote_code=training_args.trust_remote_code,
+            attn_implementation=model_args.attn_implementation,
+            dtype=model_args.dtype,
+        )
+        model_init_kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
+        training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     dataset = load_training_data(script_args, seed=training_args.seed)
     return PGPOTrainer(
         model=model,
@@ -261,6 +262,8 @@ def main(argv: list[str]) -> int:
         print_resolved(algorithm, script_args, training_args)
     check_output_folder(script_args, training_args, model_args)
     trainer = build_trainer(script_args, training_args, model_args)
+    dropout = f" (the policy applies dropout in {len(trainer.dropout_sites)} modules)" if trainer.dropout_sites else ""
+    trainer.accelerator.print(f"  log p_image for the dependency from: {trainer.dependency_source}{dropout}")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"pgpo train: model saved to {training_args.output_dir}")
