@@ -193,6 +193,15 @@ def vision_token_strings(processor, model=None) -> list[str]:
     return sorted(found)
 
 
+# Families that train on fewer images per question than they can hold (docs/families.md), and why.
+MAX_IMAGES_PER_QUESTION = {"llava_onevision": 1}
+MAX_IMAGES_WHY = {
+    "llava_onevision": "TRL 1.16 does not pass the processor's batch_num_images to the model, so each image is cut as "
+    "a single-image anyres one and the forward fails with 'Image features and image tokens do not match'; split the "
+    "question into one image each, or use another family"
+}
+
+
 class _ProcessorRules:
     """What the processor refuses, checked on text and image sizes without processing anything."""
 
@@ -201,6 +210,15 @@ class _ProcessorRules:
         image_processor = getattr(processor, "image_processor", None)
         self.patches = getattr(image_processor, "get_number_of_image_patches", None)
         self.name = type(image_processor).__name__
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        self.max_images = MAX_IMAGES_PER_QUESTION.get(model_type)
+        self.model_type = model_type
+
+    def count_error(self, n_images: int) -> str | None:
+        if self.max_images is None or n_images <= self.max_images:
+            return None
+        limit, why = self.max_images, MAX_IMAGES_WHY[self.model_type]
+        return f"{n_images} images in one question: {self.model_type} trains on at most {limit} per question ({why})"
 
     def text_error(self, text: str) -> str | None:
         for token in self.tokens:
@@ -249,7 +267,7 @@ def _scan(dataset, check_images: bool, rules: _ProcessorRules | None, decode: bo
                     else:
                         problem = _placeholder_error(prompt, len(images), column)
                 if problem is None and rules is not None:
-                    problem = rules.text_error(_prompt_text(prompt))
+                    problem = rules.text_error(_prompt_text(prompt)) or rules.count_error(len(images))
                 if problem is not None:
                     errors[i] = problem
                     continue

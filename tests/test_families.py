@@ -174,7 +174,7 @@ def moving_reward(completions, **kwargs):
     return [i % 2 + (sum(map(ord, c[0]["content"])) % 5) / 10 for i, c in enumerate(completions)]
 
 
-def make_trainer(arch, out, model, **overrides):
+def make_trainer(arch, out, model, train_dataset=None, **overrides):
     from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
     from pgpo.trainer import PGPOTrainer
 
@@ -201,7 +201,7 @@ def make_trainer(arch, out, model, **overrides):
         model=model,
         reward_funcs=moving_reward,
         args=PGPOConfig(**kwargs),
-        train_dataset=colour_dataset(),
+        train_dataset=colour_dataset() if train_dataset is None else train_dataset,
         processing_class=tiny(arch)[1],
     )
 
@@ -267,3 +267,15 @@ def test_the_readme_support_matrix_is_the_one_generated_from_families():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert support_matrix() in readme
     assert (ROOT / "docs" / "families.md").read_text(encoding="utf-8").count(support_matrix()) == 1
+
+
+def test_llava_onevision_refuses_two_images_in_a_question_at_start(tmp_path):
+    """Training on them failed mid-run in the model's forward ('Image features and image tokens do not match')."""
+    model, processor = tiny("llava_onevision")
+    two = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Same?"}]}]
+    one = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    image = Image.new("RGB", (56, 56), "red")
+    rows = Dataset.from_dict({"prompt": [one, two], "images": [[image], [image, image]], "answer": ["x", "y"]})
+    with pytest.raises(ValueError, match=r"row 1: 2 images in one question: llava_onevision trains on at most 1 .*"
+                       r"batch_num_images"):  # fmt: skip
+        make_trainer("llava_onevision", tmp_path, model, train_dataset=rows)

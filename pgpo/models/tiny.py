@@ -383,9 +383,9 @@ FAMILIES: dict[str, Family] = {
             "LLaVA-OneVision",
             build_tiny_llava_onevision,
             SMOL_TOK,
-            limits="training on questions with two or more images fails in the model's forward (`ValueError: Image "
-            "features and image tokens do not match`); one image per question trains; the blind pass is exact for "
-            "both",
+            limits="questions with two or more images cannot train (the model's forward fails: `ValueError: Image "
+            "features and image tokens do not match`), so pgpo refuses such rows at start, naming the row; one image "
+            "per question trains; the blind pass is exact for both",
             cause="TRL 1.16 does not pass the processor's `batch_num_images` to the model "
             "(`GRPOTrainer._get_per_token_logps_and_entropies` has no such argument), so every image is cut as a "
             "single-image anyres one",
