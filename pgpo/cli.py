@@ -1,4 +1,5 @@
-"""The ``pgpo`` command: ``pgpo <command> [args]``. Each command lives in its own module with ``main(argv) -> int``."""
+"""The ``pgpo`` command: ``pgpo <command> [args]``, or ``python -m pgpo <command> [args]``. Each command lives in its
+own module with ``main(argv) -> int``; nothing outside ``pgpo/commands/`` and this file imports them."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tasks": (
         "pgpo.commands.tasks",
         "the chance table of the visual tasks: text-only predictors vs chance, per family",
+    ),
+    "warm-start": (
+        "pgpo.commands.warm_start",
+        "train (or reuse) the demo's warm start and measure it: accuracy per family, pass@k, headroom for RL",
     ),
     "make-tiny": (
         "pgpo.commands.make_tiny",

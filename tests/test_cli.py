@@ -64,7 +64,7 @@ def test_accelerate_two_cpu_processes(tiny_dir, tmp_path):
         "--main_process_port",
         "29533",
         "-m",
-        "pgpo.cli",
+        "pgpo",
         *train_cmd(
             tiny_dir,
             tmp_path / "ddp",

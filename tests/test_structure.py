@@ -1,5 +1,6 @@
 """The house rules of the package, checked on its source: no module imports a private name of another module, no
-import cycle between pgpo's modules (a package and its own submodules aside), every command is registered, and the
+import cycle between pgpo's modules (a package and its own submodules aside), only the command layer imports the command
+layer and ``python -m pgpo`` is the one way in besides the ``pgpo`` script, every command is registered, and the
 README's module table names every top-level module and package."""
 
 import ast
@@ -76,6 +77,57 @@ def test_no_import_cycle():
         if n not in state:
             visit(n, [n])
     assert not cycles, cycles
+
+
+COMMAND_LAYER = ("pgpo.cli", "pgpo.commands")
+DOORS = {"pgpo.__main__", "pgpo.cli"}  # python -m pgpo, and the pgpo script's module
+
+
+def _imported(name: str, tree: ast.Module) -> set[str]:
+    """Every module ``tree`` imports, at any depth (lazy imports inside functions too)."""
+    package = name if name.count(".") == 0 else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            out |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return out
+
+
+def test_only_the_command_layer_imports_the_command_layer():
+    """The library is used by the commands, never the other way round: a library module that needs a command's
+    helper gets it moved into the library."""
+    offences = []
+    for name, path, tree in _modules():
+        if name == "pgpo.__main__" or name.startswith(COMMAND_LAYER):
+            continue
+        used = {m for m in _imported(name, tree) if m.startswith(COMMAND_LAYER)}
+        offences += [f"{path.relative_to(ROOT.parent)} imports {m}" for m in sorted(used)]
+    assert not offences, offences
+
+
+def _starts_a_program(tree: ast.Module) -> bool:
+    def is_main_guard(node):
+        return (
+            isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test)
+        )
+
+    return any(is_main_guard(node) for node in tree.body)
+
+
+def test_python_m_pgpo_is_the_one_way_in():
+    """``python -m pgpo <command>`` (pgpo/__main__.py, calling pgpo.cli.main) and the ``pgpo`` script are the only
+    entry points: no other ``__main__.py``, no other module that runs as a program."""
+    doors = {name for name, path, tree in _modules() if path.name == "__main__.py" or _starts_a_program(tree)}
+    assert doors <= DOORS, doors - DOORS
+    main = (ROOT / "__main__.py").read_text()
+    assert "from pgpo.cli import main" in main and "sys.exit(main())" in main
 
 
 def test_every_command_module_is_registered_and_has_main():

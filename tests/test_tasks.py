@@ -423,7 +423,7 @@ def test_python_m_pgpo_tasks_is_pgpo_tasks():
 
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, "-m", "pgpo.tasks", "--help"], cwd=root, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "pgpo", "tasks", "--help"], cwd=root, capture_output=True, text=True, check=True
     ).stdout
     assert out.startswith("usage: pgpo tasks") and "--n_train" in out
 

@@ -14,7 +14,6 @@ from pgpo.demo.warmstart import (  # noqa: E402
     SFTCollator,
     WarmStartConfig,
     evaluate_warm_start,
-    main,
     taught,
     warm_start,
 )
@@ -144,14 +143,17 @@ def test_warm_start_is_cached_by_its_settings(tmp_path, monkeypatch):
     assert warm_start(cfg, log=again.append) == path
     assert any("cached" in m for m in again) and (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folders left
-    # python -m pgpo.demo.warmstart with the same settings (kebab-case flags too) reuses it, then measures it.
+    # pgpo warm-start with the same settings (kebab-case flags too) reuses it, then measures it.
+    from pgpo.commands.warm_start import main
+
     argv = ["--model", "smollm2", "--n_samples", "4", "--steps", "1", "--batch-size", "2", "--train", "lora"]
     argv += ["--lora_rank", "2"]
     argv += ["--families", "count,clock", "--align-samples", "8", "--n_eval", "2", "--n_sampled", "1", "--k", "2"]
     argv += ["--image_size", "64", "--vision_grid", "2", "--vision_blocks", "19"]
-    res = main([*argv, "--json", str(tmp_path / "measured.json")])
+    assert main([*argv, "--json", str(tmp_path / "measured.json")]) == 0
+    res = json.loads((tmp_path / "measured.json").read_text())
     assert res["path"] == str(path) and res["n"] == 2 and res["n_sampled"] == 1 and res["split"] == "val"
-    assert json.loads((tmp_path / "measured.json").read_text())["warm_start"]["final_loss"] == saved["final_loss"]
+    assert res["warm_start"]["final_loss"] == saved["final_loss"]
 
 
 def test_the_held_out_split_is_the_demos_test_split_whatever_the_seed():
@@ -168,7 +170,7 @@ def test_the_held_out_split_is_the_demos_test_split_whatever_the_seed():
 
 
 def test_warm_start_flags_are_its_fields():
-    """python -m pgpo.demo.warmstart exposes every WarmStartConfig field (its prompts aside) with the same default;
+    """pgpo warm-start exposes every WarmStartConfig field (its prompts aside) with the same default;
     snake_case or kebab-case flags, families as a comma or a space list."""
     from pgpo.commands.parsing import parse_config
     from pgpo.demo.warmstart import DEMO_WARM_STARTS, WarmStartEvalConfig

@@ -74,7 +74,3 @@ def main(argv: list[str]) -> int:
             f.write(to_markdown(result))
     print_report(result)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -4,7 +4,6 @@ differences with 95% intervals, curves (:class:`pgpo.demo.run.CompareConfig`).""
 from __future__ import annotations
 
 import shlex
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +32,3 @@ def main(argv: list[str]) -> int:
     console.print(Markdown(summary_markdown(results, command)))
     console.print(f"report: {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

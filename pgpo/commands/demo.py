@@ -5,7 +5,6 @@ Flags are :class:`pgpo.demo.run.DemoConfig`'s fields (``--algos dapo,pgpo`` is a
 from __future__ import annotations
 
 import shlex
-import sys
 
 from pgpo.commands.parsing import parse_config
 
@@ -41,7 +40,3 @@ def main(argv: list[str]) -> int:
     if saved:
         console.print(f"trained models: {', '.join(saved)} (try: pgpo inspect --model {saved[-1]} ...)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

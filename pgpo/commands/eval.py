@@ -39,7 +39,3 @@ def main(argv: list[str]) -> int:
         print(f"pgpo eval: error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,6 @@ Example::
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from pgpo.commands.parsing import parse_config
@@ -46,7 +45,3 @@ def main(argv: list[str]) -> int:
     (out / "gradvar.json").write_text(json.dumps({"config": vars(cfg), **result.to_dict()}, indent=1))
     console.print(f"wrote {out / 'gradvar.json'}", highlight=False)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

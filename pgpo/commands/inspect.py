@@ -50,7 +50,3 @@ def main(argv: list[str]) -> int:
         return 2
     print_summary(summary, result, Path(cfg.out))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -6,12 +6,11 @@ Example::
     pgpo tasks --n_train 8000 --n_test 4000 --families all --easy_vqa --save_examples docs/img
 
 Flags are :class:`pgpo.tasks.table.TasksConfig`'s fields (snake_case; kebab-case accepted; ``--families`` comma- or
-space-separated). ``python -m pgpo.tasks`` is the same command.
+space-separated). ``python -m pgpo tasks`` is the same command.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 from pgpo.commands.parsing import parse_config
@@ -42,7 +41,3 @@ def main(argv: list[str]) -> int:
         print(f"\n# easy-VQA (balanced): {len(etrain)} train / {len(etest)} test questions\n")
         print(format_chance_report(chance_report(etrain, etest)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

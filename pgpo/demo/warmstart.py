@@ -13,7 +13,7 @@ the whole LM. The result is saved with ``save_pretrained`` in a cache folder key
 (:func:`pgpo.paths.warmstart_dir`), so ``pgpo demo`` trains it once. The cache is probe-written before training; a
 save that fails there anyway (a full disk) keeps the trained model in a temp folder, and says where.
 
-``python -m pgpo.demo.warmstart`` trains (or reuses) a warm start and measures it: greedy accuracy per family and the
+``pgpo warm-start`` trains (or reuses) a warm start and measures it: greedy accuracy per family and the
 headroom indicators RL needs (accuracy of samples at temperature 1, pass@k, the fraction of prompts whose k samples
 are neither all right nor all wrong).
 """
@@ -518,7 +518,7 @@ PRESET = "(default: the --model preset's)"
 
 @dataclass
 class WarmStartEvalConfig:
-    """Options of ``python -m pgpo.demo.warmstart``: train (or reuse) a warm start, then measure it.
+    """Options of ``pgpo warm-start``: train (or reuse) a warm start, then measure it.
 
     ``--model`` picks the demo's warm start (:data:`DEMO_WARM_STARTS`); the next fields are
     :class:`WarmStartConfig`'s (its prompts and answer format aside), each left unset to keep the preset's value."""
@@ -594,19 +594,8 @@ class WarmStartEvalConfig:
         return replace(DEMO_WARM_STARTS[self.model], **values)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m pgpo.demo.warmstart``: flags are :class:`WarmStartEvalConfig`'s fields (snake_case; kebab-case
-    accepted); returns the measurements."""
-    import sys
-
-    from pgpo.commands.parsing import parse_config
-
-    args = parse_config(
-        WarmStartEvalConfig,
-        sys.argv[1:] if argv is None else argv,
-        "python -m pgpo.demo.warmstart",
-        repeatable=("--families",),
-    )
+def measure_warm_start(args: WarmStartEvalConfig) -> dict:
+    """Train (or reuse) the warm start ``args`` describes and measure it; ``args.json`` also gets the measurements."""
     cfg = args.warm_start_config()
     path = warm_start(cfg)
     from pgpo.vlm import load_pgpo_vlm
@@ -628,11 +617,6 @@ def main(argv: list[str] | None = None) -> dict:
     res["split"] = args.eval_split
     res["warm_start"] = json.loads((path / "warmstart.json").read_text())
     res["path"] = str(path)
-    print(json.dumps({k: v for k, v in res.items() if k != "warm_start"}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return res
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ Quick use::
     taught_completion(train[0])                     # "<think>...</think> \\\\boxed{...}" from the sample's scene
 
 Families (see :mod:`pgpo.tasks.families`): count, compare, spatial, bars, clock, largest, shape, exists (+ clock12).
-``pgpo tasks`` (or ``python -m pgpo.tasks``) prints the chance table (text-only predictors vs chance).
+``pgpo tasks`` (or ``python -m pgpo tasks``) prints the chance table (text-only predictors vs chance).
 """
 
 from pgpo.tasks.chance import ChanceRow, chance_report, format_chance_report
