@@ -18,8 +18,8 @@ every tensor.
   (JSON parsed, the CRC-32s of torch archives verified, safetensors headers checked against the file size); errors
   name the file and the previous checkpoint folder to try. A missing RNG state only warns (the run goes on, but
   does not sample what the uninterrupted run would have).
-* :func:`read_pgpo_state` -- pgpo's running statistics (``pgpo_state.json``); a checkpoint without them warns that
-  the statistics restart.
+* :func:`write_pgpo_state`, :func:`read_pgpo_state` -- pgpo's running statistics and the dynamic-sampling refill
+  position (``pgpo_state.json``); a checkpoint without them warns that the statistics restart.
 * :func:`generation_period`, :func:`check_save_schedule`, :func:`check_resume_step` -- TRL generates one batch of
   completions every ``steps_per_generation * num_iterations`` micro-steps and keeps it in memory only; a checkpoint
   taken inside that period cannot be resumed on the same schedule, so such save settings are refused at start and
@@ -241,8 +241,15 @@ def check_checkpoint_files(
         )
 
 
+def write_pgpo_state(folder: str | os.PathLike, grad_norm_stats: dict, refill: dict | None = None) -> None:
+    """``pgpo_state.json``: pgpo's running statistics and, with dynamic sampling, the refill stream's position."""
+    state = {"grad_norm_stats": grad_norm_stats, **({"refill": refill} if refill is not None else {})}
+    with open(os.path.join(folder, PGPO_STATE_FILE), "w") as f:
+        json.dump(state, f)
+
+
 def read_pgpo_state(folder: str | os.PathLike) -> dict | None:
-    """pgpo's running statistics saved with a checkpoint, or None with a :class:`CheckpointWarning` when the
+    """What :func:`write_pgpo_state` saved with a checkpoint, or None with a :class:`CheckpointWarning` when the
     checkpoint has none (saved by an older pgpo, or killed before the file was written)."""
     path = os.path.join(folder, PGPO_STATE_FILE)
     if not os.path.exists(path):
@@ -256,6 +263,8 @@ def read_pgpo_state(folder: str | os.PathLike) -> dict | None:
     state = read_json(path)
     if not isinstance(state, dict):
         raise unreadable(path, f"holds a {type(state).__name__}, not an object")
+    if not isinstance(state.get("grad_norm_stats"), dict):
+        raise unreadable(path, "has no grad_norm_stats")
     return state
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import logging
 import math
 import os
@@ -52,9 +51,10 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
 from pgpo import checkpoint as ckpt
+from pgpo import metrics
 from pgpo.config import PGPOConfig
 from pgpo.data import image_values
-from pgpo.dependency import VPPO_K3_CLAMP, dropout_free, dropout_sites, score_batch
+from pgpo.dependency import dropout_free, dropout_sites, score_batch
 from pgpo.loss_terms import LossContext, get_loss_term
 from pgpo.rewards import check_group_statistics
 from pgpo.run_folder import Run, claim_run_folder, mark_checkpoint, model_name, run_settings
@@ -193,7 +193,7 @@ class PGPOTrainer(GRPOTrainer):
         )
         self._loss_inputs: dict | None = None  # the micro-batch of the training forward in progress
         self._loss_logps: torch.Tensor | None = None  # its log-probs, with gradient (for the loss terms)
-        self._grad_norm_stats = {"n": 0, "mean": 0.0, "m2": 0.0}
+        self._grad_norm_stats = metrics.RunningMoments()
         self._loss_terms = [(get_loss_term(n), get_loss_term(n).config(self.args)) for n in self.args.loss_terms]
         self._needs = {need for term, _ in self._loss_terms for need in term.needs}
         image_processor = getattr(self.processing_class, "image_processor", None)
@@ -572,46 +572,22 @@ class PGPOTrainer(GRPOTrainer):
 
     def _log_dependency(self, scores: torch.Tensor, mask: torch.Tensor, mode: str) -> None:
         valid = self._gathered(scores[mask.bool()].detach().cpu())
-        if valid.numel() == 0:
-            return
-        m = self._metrics[mode]
-        m["dependency/mean"].append(valid.mean().item())
-        m["dependency/mean_log1p"].append(torch.log1p(valid).mean().item())  # the mean S~ of Eq. 4
-        for q in (0.5, 0.9, 0.99):
-            m[f"dependency/p{int(q * 100)}"].append(torch.quantile(valid, q).item())
-        m["dependency/max"].append(valid.max().item())
-        # Tokens at or above k3_clamp="vppo"'s ceiling S = 10: the same share with the clamp on or off (min(S, 10) >= 10
-        # iff S >= 10), i.e. the tokens the clamp holds at 10 or would.
-        m["dependency/frac_above_10"].append((valid >= VPPO_K3_CLAMP[1]).float().mean().item())
-        # sparsity: share of the total dependency carried by the top 10% of tokens
-        k = max(1, math.ceil(0.1 * valid.numel()))
-        total = valid.sum().item()
-        m["dependency/top10_share"].append(valid.topk(k).values.sum().item() / total if total > 0 else 0.0)
+        if valid.numel():
+            for key, value in metrics.dependency_summary(valid).items():
+                self._metrics[mode][f"dependency/{key}"].append(value)
 
     def _log_shaping(self, result, mask: torch.Tensor, mode: str) -> None:
-        valid = mask.bool()
-        gate = result.gate & valid
-        w = result.weights.detach().float()
-        stats = torch.tensor(
-            [gate.sum(), valid.sum(), (w * gate).sum(), (w * (valid & ~gate)).sum()], dtype=torch.float64
-        )
-        stats = self.accelerator.reduce(stats.to(self.accelerator.device), reduction="sum").cpu()
-        n_gated, n_valid, w_gated, w_ungated = stats.tolist()
-        m = self._metrics[mode]
-        m["shaping/gated_frac"].append(n_gated / max(n_valid, 1.0))
-        m["shaping/weight_gated"].append(w_gated / n_gated if n_gated else float("nan"))
-        m["shaping/weight_ungated"].append(w_ungated / (n_valid - n_gated) if n_valid > n_gated else float("nan"))
+        sums = metrics.gate_sums(result.weights, result.gate, mask)
+        sums = self.accelerator.reduce(sums.to(self.accelerator.device), reduction="sum").cpu()
+        for key, value in metrics.gate_summary(sums).items():
+            self._metrics[mode][f"shaping/{key}"].append(value)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         grad_norm = logs.get("grad_norm")
         if grad_norm is not None and self.model.training and math.isfinite(float(grad_norm)):
-            s = self._grad_norm_stats  # Welford's running mean / variance of the grad norm over optimizer steps
-            s["n"] += 1
-            delta = float(grad_norm) - s["mean"]
-            s["mean"] += delta / s["n"]
-            s["m2"] += delta * (float(grad_norm) - s["mean"])
-            logs["grad_norm/running_mean"] = s["mean"]
-            logs["grad_norm/running_var"] = s["m2"] / (s["n"] - 1) if s["n"] > 1 else 0.0
+            self._grad_norm_stats.update(float(grad_norm))  # over optimizer steps
+            logs["grad_norm/running_mean"] = self._grad_norm_stats.mean
+            logs["grad_norm/running_var"] = self._grad_norm_stats.variance
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------------------- run folder
@@ -641,11 +617,8 @@ class PGPOTrainer(GRPOTrainer):
     def _save_optimizer_and_scheduler(self, output_dir):
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:  # before trainer_state.json, which Trainer writes last: a complete folder has both
-            with open(os.path.join(output_dir, ckpt.PGPO_STATE_FILE), "w") as f:
-                state = {"grad_norm_stats": self._grad_norm_stats}
-                if self._sampler is not None:
-                    state["refill"] = self._sampler.refill.state_dict()
-                json.dump(state, f)
+            refill = self._sampler.refill.state_dict() if self._sampler is not None else None
+            ckpt.write_pgpo_state(output_dir, self._grad_norm_stats.state_dict(), refill)
 
     def save_model(self, output_dir=None, _internal_call=False):
         """transformers' ``save_model``; an ``OSError`` (a full disk, say) also says where the last checkpoint is."""
@@ -689,15 +662,10 @@ class PGPOTrainer(GRPOTrainer):
             ) from e
         if checkpoint is None:
             return
-        state = ckpt.read_pgpo_state(checkpoint)
-        if state is None:  # warned: the statistics restart
-            self._grad_norm_stats = {"n": 0, "mean": 0.0, "m2": 0.0}
-        else:
-            if not isinstance(state.get("grad_norm_stats"), dict):
-                raise ckpt.unreadable(os.path.join(checkpoint, ckpt.PGPO_STATE_FILE), "has no grad_norm_stats")
-            self._grad_norm_stats = state["grad_norm_stats"]
-            if self._sampler is not None and "refill" in state:
-                self._sampler.refill.load_state_dict(state["refill"])
+        state = ckpt.read_pgpo_state(checkpoint) or {"grad_norm_stats": {}}  # None: warned, the statistics restart
+        self._grad_norm_stats = metrics.RunningMoments(**state["grad_norm_stats"])
+        if self._sampler is not None and "refill" in state:
+            self._sampler.refill.load_state_dict(state["refill"])
 
     def _load_rng_state(self, checkpoint):
         try:

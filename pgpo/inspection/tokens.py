@@ -10,7 +10,6 @@ weight ``w~`` PGPO would give it (Eqs. 6-7), with the same functions the trainer
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -18,10 +17,9 @@ import torch
 
 from pgpo.data import build_messages
 from pgpo.dependency import ESTIMATORS, sampled_token_logps, score_batch
+from pgpo.metrics import gate_summary, gate_sums, top_share
 from pgpo.shaping import PGPOShapingConfig, pgpo_weights
 from pgpo.text_only import TEXT_ONLY_MODES
-
-TOP_SHARE_FRACTION = 0.1  # "top 10%" (the same definition as the trainer's dependency/top10_share)
 
 
 @dataclass
@@ -271,17 +269,14 @@ def sparsity_summary(
     i = torch.as_tensor(importance, dtype=torch.float64)
     w = torch.as_tensor(weights, dtype=torch.float64)
     gated = i >= cfg.tau
-    k = max(1, math.ceil(TOP_SHARE_FRACTION * s.numel()))
-    total = float(s.sum())
+    split = gate_summary(gate_sums(w, gated, torch.ones_like(gated)))  # the trainer's shaping/* metrics
     return SparsitySummary(
         n_tokens=int(s.numel()),
         tau=float(cfg.tau),
-        gated_frac=float(gated.double().mean()),
         n_gated=int(gated.sum()),
-        top10_share=float(s.topk(k).values.sum()) / total if total > 0 else 0.0,
+        top10_share=top_share(s),  # the trainer's dependency/top10_share
         mean=float(s.mean()),
         max=float(s.max()),
-        total=total,
-        weight_gated=float(w[gated].mean()) if gated.any() else math.nan,
-        weight_ungated=float(w[~gated].mean()) if (~gated).any() else math.nan,
+        total=float(s.sum()),
+        **split,
     )
