@@ -41,10 +41,10 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_att
 def _smollm2_base():
     from transformers import AutoTokenizer
 
-    from pgpo.vlm.parts import _is_cached, smollm2_cache_dir, smollm2_gguf_path
+    from pgpo.vlm.parts import is_cached, smollm2_cache_dir, smollm2_gguf_path
 
     cached = smollm2_cache_dir()
-    if _is_cached(cached):  # the dequantised demo checkpoint: parsing its tokenizer.json is 3x faster than the GGUF
+    if is_cached(cached):  # the dequantised demo checkpoint: parsing its tokenizer.json is 3x faster than the GGUF
         return AutoTokenizer.from_pretrained(str(cached))
     gguf = smollm2_gguf_path()
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

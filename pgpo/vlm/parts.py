@@ -79,7 +79,7 @@ def load_mobilenet_v2_state_dict() -> dict[str, torch.Tensor]:
     return state
 
 
-def _is_cached(folder: Path) -> bool:
+def is_cached(folder: Path) -> bool:
     return (
         (folder / "config.json").is_file()
         and (folder / "model.safetensors").is_file()
@@ -103,7 +103,7 @@ def _dequantise_to(folder: Path) -> None:
     model.load_state_dict(quantised.state_dict(), strict=False)  # lm_head.weight is tied to embed_tokens
     model.tie_weights()
     model.generation_config = quantised.generation_config
-    with atomic_folder(folder, is_complete=_is_cached) as tmp:  # never deletes a folder pgpo did not write
+    with atomic_folder(folder, is_complete=is_cached) as tmp:  # never deletes a folder pgpo did not write
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
@@ -113,7 +113,7 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None):
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     folder = Path(cache_dir).expanduser() if cache_dir is not None else smollm2_cache_dir()
-    if not _is_cached(folder):
+    if not is_cached(folder):
         _dequantise_to(folder)
     model = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
