@@ -192,8 +192,8 @@ class GradVarConfig:
 
 def build_gradvar_trainer(cfg: GradVarConfig, model=None, processor=None):
     """A DAPO-loss trainer (no shaping, no dynamic sampling: the batches are drawn as they come) on ``cfg``'s data."""
-    from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
     from pgpo.rewards import reward_functions
+    from pgpo.small_preset import small_preset
     from pgpo.trainer import PGPOTrainer
 
     if model is None:
@@ -213,8 +213,8 @@ def build_gradvar_trainer(cfg: GradVarConfig, model=None, processor=None):
         from pgpo.data import load_rlvr_dataset
 
         dataset = load_rlvr_dataset(cfg.dataset)
-    options = dict(ALGORITHM_PRESETS["dapo"])
-    options.update(
+    args = small_preset(
+        "dapo",
         output_dir=str(cfg.out),
         use_cpu=not torch.cuda.is_available(),
         bf16=False,
@@ -225,16 +225,11 @@ def build_gradvar_trainer(cfg: GradVarConfig, model=None, processor=None):
         temperature=cfg.temperature,
         top_p=1.0,
         dynamic_sampling=False,
-        mask_truncated_completions=False,
-        reward_weights=None,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
     )
     trainer = PGPOTrainer(
         model=model,
         reward_funcs=reward_functions(cfg.reward_funcs),
-        args=PGPOConfig(**options),
+        args=args,
         train_dataset=dataset,
         processing_class=processor,
     )

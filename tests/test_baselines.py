@@ -10,7 +10,10 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
-from test_trainer import _final_params, _max_diff, colour_dataset, make_trainer
+from reference.trainers import colour_dataset, make_trainer
+from reference.trainers import final_params as _final_params
+from reference.trainers import max_diff as _max_diff
+from reference.trl_loss import trl_loss
 
 from pgpo.loss_terms import LOSS_TERMS, LossContext, get_loss_term, register_loss_term
 from pgpo.loss_terms.papo import perception_kl
@@ -260,17 +263,9 @@ def _easyr1_policy_loss(logps, old_logps, advantages, mask, clip_low, clip_high,
 
 
 @pytest.mark.parametrize("delta", [3.0, None])
-def test_trls_delta_is_easyr1s_dual_clip(delta, monkeypatch):
+def test_trls_delta_is_easyr1s_dual_clip(delta):
     """TRL's two-sided clip (``delta``) equals EasyR1's dual-clip PPO with C = delta, loss and gradient, whenever
     delta > 1 + epsilon_high; without it (TRL's default) the loss differs where A < 0 and the ratio exceeds 3."""
-    from types import SimpleNamespace
-
-    import test_loss
-
-    def namespace(**kw):  # test_loss.trl_loss's stub, with TRL's `args.delta` set
-        return SimpleNamespace(**{**kw, "delta": delta} if "use_bias_correction_kl" in kw else kw)
-
-    monkeypatch.setattr(test_loss, "SimpleNamespace", namespace)
     g = torch.Generator().manual_seed(0)
     old = torch.randn(6, 9, generator=g, dtype=torch.float64) - 2
     base = old + 1.5 * torch.randn(6, 9, generator=g, dtype=torch.float64)  # ratios from ~0.01 to ~100
@@ -278,7 +273,7 @@ def test_trls_delta_is_easyr1s_dual_clip(delta, monkeypatch):
     mask = (torch.arange(9)[None] < torch.tensor([[9], [7], [5], [9], [3], [8]])).long()
     assert (((base - old).exp() > 3) & (adv < 0) & mask.bool()).any()  # the dual clip has tokens to act on
     x1, x2 = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
-    trl = test_loss.trl_loss(x1, old, adv, mask, "dapo", 0.2, 0.28)
+    trl = trl_loss(x1, old, adv, mask, "dapo", 0.2, 0.28, delta=delta)
     easyr1 = _easyr1_policy_loss(x2, old, adv, mask.double(), 0.2, 0.28, 3.0)
     trl.backward()
     easyr1.backward()

@@ -175,32 +175,14 @@ def moving_reward(completions, **kwargs):
 
 
 def make_trainer(arch, out, model, train_dataset=None, **overrides):
-    from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
+    from reference.trainers import tiny_preset
+
     from pgpo.trainer import PGPOTrainer
 
-    kwargs = dict(ALGORITHM_PRESETS["pgpo"])
-    kwargs.update(
-        output_dir=str(out),
-        use_cpu=True,
-        per_device_train_batch_size=2,
-        num_generations=2,
-        max_completion_length=4,
-        max_steps=1,
-        learning_rate=1e-2,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=1,
-        seed=0,
-        disable_tqdm=True,
-        reward_weights=None,
-        mask_truncated_completions=False,
-    )
-    kwargs.update(overrides)
     return PGPOTrainer(
         model=model,
         reward_funcs=moving_reward,
-        args=PGPOConfig(**kwargs),
+        args=tiny_preset(out, "pgpo", **{"save_strategy": "steps", "save_steps": 1, **overrides}),
         train_dataset=colour_dataset() if train_dataset is None else train_dataset,
         processing_class=tiny(arch)[1],
     )

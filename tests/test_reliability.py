@@ -13,8 +13,8 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
+from reference.trainers import tiny_preset
 
-from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
 from pgpo.trainer import PGPOTrainer
 from pgpo.validation import check_for_processor, named_reward, validate_dataset
 
@@ -52,27 +52,8 @@ def length_reward(completions, **kwargs):
 
 
 def config(tmp_path, algorithm="pgpo", **overrides):
-    kwargs = dict(ALGORITHM_PRESETS[algorithm])  # the preset first: the sizes below override its recipe values
-    kwargs.update(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        per_device_train_batch_size=2,
-        num_generations=2,
-        max_completion_length=4,
-        max_steps=1,
-        learning_rate=1e-2,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        shuffle_dataset=False,
-        reward_weights=None,  # one reward function here
-        mask_truncated_completions=False,  # 4-token completions are all truncated
-        beta=0.0,  # no reference model: TRL would rebuild it from a path, without the hooks these tests install
-    )
-    kwargs.update(overrides)
-    return PGPOConfig(**kwargs)
+    # beta 0: no reference model (TRL would rebuild it from a path, without the hooks these tests install)
+    return tiny_preset(tmp_path / "out", algorithm, **{"shuffle_dataset": False, "beta": 0.0, **overrides})
 
 
 def trainer(tmp_path, processor, train_dataset, algorithm="pgpo", model=None, reward=length_reward, **overrides):

@@ -247,20 +247,40 @@ def test_registry_names_and_unknown_name():
         register_shaping("pgpo", config=lambda args: None)(lambda *a: None)
 
 
-def test_a_new_method_is_one_function():
-    @register_shaping("_test_double", config=lambda args: 2.0)
-    def double(advantages, dependency, mask, cfg):
-        from pgpo.shaping import ShapingResult
+def test_a_new_method_is_one_function(tmp_path):
+    """One registered function, and nothing else, is a method the whole way: PGPOConfig accepts its name and builds
+    its config from the flat options, and the trainer hands the loss that function's advantages and logs its gate."""
+    import math
 
+    from reference.trainers import make_trainer
+
+    from pgpo.shaping import ShapingResult
+
+    @register_shaping("_test_double", config=lambda args: 2.0 * args.pgpo_beta)
+    def double(advantages, dependency, mask, cfg):
         w = mask.to(advantages.dtype) * cfg
         return ShapingResult(advantages=advantages[:, None] * w, weights=w, gate=mask.bool())
 
     try:
-        method = get_shaping("_test_double")
-        out = method.fn(torch.ones(2), torch.zeros(2, 3), torch.ones(2, 3), method.config(None))
-        assert torch.equal(out.advantages, torch.full((2, 3), 2.0))
+        trainer = make_trainer(tmp_path, "pgpo", advantage_shaping="_test_double", pgpo_beta=1.5, max_steps=1)
+        assert trainer.args.shaping_config() == 3.0
+        calls = []
+        original = trainer._shape_advantages
+
+        def keep(batch, scores, mode):
+            before = batch["advantages"].clone()
+            original(batch, scores, mode)
+            calls.append((before, batch["completion_mask"].clone(), batch["advantages"].clone()))
+
+        trainer._shape_advantages = keep
+        trainer.train()
     finally:
         SHAPING_METHODS.pop("_test_double")
+    assert calls and any((before != 0).any() for before, *_ in calls)
+    for before, mask, after in calls:
+        torch.testing.assert_close(after, (3.0 * before[:, None] * mask).to(after.dtype), atol=1e-6, rtol=0)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 1 and math.isfinite(logs[0]["loss"]) and logs[0]["shaping/gated_frac"] == 1.0
 
 
 # ----------------------------------------------------------------------------------------------- pgpo_authors_dev
@@ -406,7 +426,7 @@ def test_authors_dev_trains_through_the_trainer(tmp_path):
     loss exactly this method's advantages, built from the flat PGPOConfig fields, and the model trains."""
     import math
 
-    from test_trainer import make_trainer
+    from reference.trainers import make_trainer
 
     trainer = make_trainer(
         tmp_path,

@@ -1,7 +1,7 @@
 """The house rules of the package, checked on its source: no module imports a private name of another module, no
 import cycle between pgpo's modules (a package and its own submodules aside), only the command layer imports the command
-layer and ``python -m pgpo`` is the one way in besides the ``pgpo`` script, every command is registered, and the
-README's module table names every top-level module and package."""
+layer and ``python -m pgpo`` is the one way in besides the ``pgpo`` script, every command is registered, the README's
+module table names every top-level module and package, and no test file imports another."""
 
 import ast
 import re
@@ -141,6 +141,18 @@ def test_every_command_module_is_registered_and_has_main():
     for name, path, tree in _modules():
         if name in registered:
             assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), path
+
+
+def test_no_test_file_imports_another():
+    """What test files share lives in tests/conftest.py (fixtures) or tests/reference/ (oracles and helpers): a test
+    module imports no other test module (``from test_x import ...``, ``import test_x``)."""
+    offences = []
+    for path in sorted((ROOT.parent / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            offences += [f"{path.name} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not offences, offences
 
 
 @pytest.mark.parametrize("name", ["PGPOConfig", "PGPOTrainer"])

@@ -9,53 +9,12 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
+from reference.trainers import colour_dataset, length_reward, make_trainer
+from reference.trainers import final_params as _final_params
+from reference.trainers import max_diff as _max_diff
 
 from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
 from pgpo.trainer import PGPOTrainer
-
-COLOURS = [(255, 0, 0), (0, 160, 0), (0, 0, 255), (240, 200, 0)]
-
-
-def colour_dataset(n=8):
-    images = [Image.new("RGB", (56, 56), COLOURS[i % 4]) for i in range(n)]
-    prompts = [
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}] for _ in range(n)
-    ]
-    return Dataset.from_dict({"prompt": prompts, "image": images, "answer": ["x"] * n})
-
-
-def length_reward(completions, **kwargs):
-    """Deterministic, non-constant reward in [0, 1] so that groups have non-zero advantages (and pass DAPO's filter)."""
-    return [float(sum(map(ord, c[0]["content"])) % 5) / 4 for c in completions]
-
-
-def make_trainer(tmp_path, algorithm="pgpo", model=None, **overrides):
-    from pgpo.models.tiny_qwen import build_tiny_qwen25vl
-
-    model, processor = build_tiny_qwen25vl(seed=0) if model is None else model
-    kwargs = dict(ALGORITHM_PRESETS[algorithm])  # the preset first: the test's sizes below override its recipe values
-    kwargs.update(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=8,
-        max_steps=2,
-        learning_rate=1e-3,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        reward_weights=None,  # one reward function here
-        mask_truncated_completions=False,  # 8-token completions are all truncated
-    )
-    kwargs.update(overrides)
-    args = PGPOConfig(**kwargs)
-    return PGPOTrainer(
-        model=model, reward_funcs=length_reward, args=args, train_dataset=colour_dataset(), processing_class=processor
-    )
-
 
 METRICS = [
     "dependency/mean",
@@ -111,14 +70,6 @@ def test_default_config_is_the_papers_pgpo(tmp_path):
     assert (args.pgpo_tau, args.pgpo_beta, args.pgpo_eps, args.pgpo_normalize) == (0.4, 2.0, 1e-8, True)
     assert (args.loss_type, args.epsilon, args.epsilon_high, args.beta) == ("dapo", 0.2, 0.28, 0.0)
     assert args.k3_clamp == "none" and not args.mask_vision_delimiters
-
-
-def _final_params(trainer):
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-
-
-def _max_diff(a, b):
-    return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
 def test_pgpo_with_unit_weights_equals_dapo(tmp_path):

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_loss import trl_loss
-from test_trainer import make_trainer
+from reference.trainers import make_trainer
+from reference.trl_loss import trl_loss
 from trl import GRPOTrainer
 
 from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS

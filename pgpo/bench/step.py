@@ -217,14 +217,13 @@ class Runner:
 
 def build_trainer(source, candidate: str, group: Group, cfg, max_steps: int, output_dir: str):
     """A PGPOTrainer of ``candidate`` in ``group``'s configuration, on a fresh copy of the model."""
-    from pgpo.config import PGPOConfig
+    from pgpo.small_preset import small_preset
     from pgpo.trainer import PGPOTrainer
 
     model, processor = source.load()
     cuda = cfg.device.startswith("cuda")
     spg = group.steps_per_turn
-    options = dict(CANDIDATES[candidate])  # the recipe first: the bench's sizes below override the paper's
-    options.update(
+    sizes = dict(  # over the recipe: the bench's sizes override the paper's, the group's options override both
         output_dir=output_dir,
         use_cpu=not cuda,
         bf16=cuda and model.dtype == torch.bfloat16,
@@ -235,19 +234,12 @@ def build_trainer(source, candidate: str, group: Group, cfg, max_steps: int, out
         max_steps=max_steps,
         learning_rate=cfg.learning_rate,
         dependency_chunk_size=cfg.chunk_size,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
         overwrite_output_dir=True,  # the bench's own scratch folder (it holds the saved policy)
         seed=cfg.seed,
-        disable_tqdm=True,
         log_completions=False,
-        reward_weights=None,  # one reward function
-        mask_truncated_completions=False,  # every completion is exactly completion_length tokens
     )
-    options.update(dict(group.options))
+    args = small_preset(CANDIDATES[candidate], **{**sizes, **dict(group.options)})
     prompts = max(8, 2 * cfg.batch * spg // cfg.num_generations)
-    args = PGPOConfig(**options)
     if args.beta > 0:  # GRPO's KL term: TRL builds the reference model from the policy's path
         model.save_pretrained(os.path.join(output_dir, "policy"))
         model = os.path.join(output_dir, "policy")

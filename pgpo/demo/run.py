@@ -228,10 +228,10 @@ def median(values: list[float]) -> float:
 
 def rl_config(algorithm: str, cfg: DemoConfig, out: Path):
     """The preset of ``algorithm`` with the demo's scaled-down setup over it (one reward function: the task check)."""
-    from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
+    from pgpo.small_preset import small_preset
 
-    options = dict(ALGORITHM_PRESETS[algorithm])
-    options.update(
+    return small_preset(
+        algorithm,
         output_dir=str(out / algorithm),
         use_cpu=True,
         bf16=False,
@@ -244,20 +244,15 @@ def rl_config(algorithm: str, cfg: DemoConfig, out: Path):
         max_steps=cfg.rl_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
         overwrite_output_dir=True,  # the demo's own folder: a rerun replaces the previous demo's run
-        report_to="none",
         log_visual_dependency=True,  # DAPO's dependency is logged too, for the comparison plots
         log_completions=False,
         disable_tqdm=False,
         gradient_checkpointing=False,  # a small model: recomputing activations would only cost time
-        reward_weights=None,  # one reward function (the task's checker)
         mask_truncated_completions=cfg.mask_truncated_completions,
         max_sampling_rounds=cfg.max_sampling_rounds,
         dynamic_sampling_fallback="fill",  # a tiny model's rare all-same batches: filled and counted, not a crash
     )
-    return PGPOConfig(**options)
 
 
 def train_one(algorithm: str, warm_path: Path, cfg: DemoConfig, out: Path, log=print) -> dict:
