@@ -241,6 +241,27 @@ def check_checkpoint_files(
         )
 
 
+def save_failure(err: OSError, target, run_dir: str, step: int, save_strategy: str) -> OSError:
+    """The ``OSError`` of a failed final save (a full disk, say), also saying where the last checkpoint is."""
+    last = previous_checkpoint(os.path.join(run_dir, f"checkpoint-{step + 1}"))
+    where = (
+        f"the last checkpoint is {last} (step {last.rsplit('-', 1)[1]} of {step})"
+        if last
+        else f"there is no checkpoint in {run_dir} (save_strategy={save_strategy}): the trained weights are not on disk"
+    )
+    message = f"saving the model to {target or run_dir} failed: {err.strerror or err}; {where}"
+    return OSError(err.errno, message) if err.errno is not None else OSError(message)
+
+
+def resume_weights(model, folder: str, args, num_iterations: int) -> None:
+    """A resume's weights, exactly: the files checked, the step checked against TRL's generation schedule
+    (:func:`check_resume_step`), then :func:`load_checkpoint`. ``args``: the run's ``TrainingArguments``."""
+    check_checkpoint_files(folder, is_peft_model(model), args.process_index, args.world_size)
+    step = read_json(os.path.join(folder, TRAINER_STATE_FILE))["global_step"]
+    check_resume_step(folder, step, args.gradient_accumulation_steps, args.steps_per_generation, num_iterations)
+    load_checkpoint(model, folder)
+
+
 def write_pgpo_state(folder: str | os.PathLike, grad_norm_stats: dict, refill: dict | None = None) -> None:
     """``pgpo_state.json``: pgpo's running statistics and, with dynamic sampling, the refill stream's position."""
     state = {"grad_norm_stats": grad_norm_stats, **({"refill": refill} if refill is not None else {})}

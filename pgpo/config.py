@@ -18,7 +18,7 @@ from pgpo.checkpoint import check_save_schedule
 from pgpo.dependency import DEFAULT_CHUNK_SIZE, ESTIMATORS, VPPO_K3_CLAMP
 from pgpo.loss_terms import get_loss_term
 from pgpo.shaping import SHAPING_METHODS, PGPOAuthorsDevConfig, PGPOShapingConfig, get_shaping
-from pgpo.text_only import TEXT_ONLY_MODES
+from pgpo.text_only import TEXT_ONLY_MODES, TextOnlyMode
 
 K3_CLAMPS = {"none": None, "vppo": VPPO_K3_CLAMP}
 # Float options checked finite at start (NaN / inf would train silently or turn a method into another).
@@ -101,7 +101,7 @@ class PGPOConfig(GRPOConfig):
             "token) or 'kl' (the exact full-vocabulary KL of Eq. 1; costs an own image-conditioned pass)."
         },
     )
-    text_only_mode: Literal["mask", "remove_reindex", "blank", "patch_blackout"] = field(
+    text_only_mode: TextOnlyMode = field(
         default="mask",
         metadata={
             "help": "The blind pass: 'mask' (the paper's: visual tokens masked out, original position ids kept), "

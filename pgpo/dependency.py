@@ -15,7 +15,7 @@ Two estimators (``dependency_estimator``):
   of ``chunk_size`` tokens, so the extra memory is bounded by one chunk (three ``chunk x V`` float32 buffers).
 
 Model level, for any Hugging Face VLM: :func:`score_batch` scores a processed prompt+completion batch (the image
-pass, the blind pass and the estimator); :func:`sampled_token_logps` is the log-prob of each sampled token with the
+pass, the blind pass and the estimator, their options one :class:`BlindPass`); :func:`sampled_token_logps` is the log-prob of each sampled token with the
 LM head applied chunk by chunk on the backbone's hidden states, with the model's logit post-processing
 (``logit_scale`` and aliases, Gemma's softcap) as TRL's fused head applies it.
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pgpo.text_only import ImageTokenSpec, counterfactual_batch, image_pass_position_ids, image_token_spec
+from pgpo.text_only import BLIND_MODES, ImageTokenSpec, counterfactual_batch, image_pass_position_ids, image_token_spec
 
 # 256 tokens x V float32 is ~155 MB at Qwen's V = 151,669 (three such buffers at the KL's peak). Measured on the CPU
 # (docs/bench.md): as fast as 1024 or faster, 4x less memory.
@@ -198,7 +198,7 @@ def token_kl_from_hidden(
     return dep.reshape(lead), None if logps is None else logps.reshape(lead)
 
 
-def _unwrap(model):
+def unwrap(model):
     """The underlying ``PreTrainedModel`` of a PEFT / DDP / compiled wrapper (the wrapper's forward is kept)."""
     inner = model
     for attr in ("module", "_orig_mod"):
@@ -304,7 +304,7 @@ def _hidden_and_head(model):
     ``lm_head`` is a callable ``[n, H] -> [n, V]`` that includes the model's logit post-processing
     (:func:`logit_postprocess`).
     """
-    inner = _unwrap(model)
+    inner = unwrap(model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     backbone = getattr(inner, "base_model", None)
     if head is None or backbone is None or backbone is inner:
@@ -413,25 +413,59 @@ def compute_visual_dependency(
     return DependencyOutput(scores=scores, completion_mask=completion_mask, logps=logps)
 
 
+# BlindPass's fields and the PGPOConfig options they come from.
+CONFIG_OPTIONS = {
+    "estimator": "dependency_estimator",
+    "text_only_mode": "text_only_mode",
+    "temperature": "temperature",
+    "mask_delimiters": "mask_vision_delimiters",
+    "k3_clamp": "k3_clamp_values",
+    "chunk_size": "dependency_chunk_size",
+    "patch_prob": "patch_blackout_prob",
+}
+
+
+@dataclass(frozen=True)
+class BlindPass:
+    """How ``S`` is scored: the estimator, the blind pass and the model facts it needs; built once per run
+    (:meth:`from_config`), read by :func:`score_batch`."""
+
+    estimator: str = "k3"  # "k3" (the paper's) or "kl" (the exact full-vocabulary KL)
+    text_only_mode: str = "mask"  # the blind pass (pgpo.text_only.BLIND_MODES)
+    temperature: float = 1.0  # the rollout temperature (both passes)
+    mask_delimiters: bool = False  # also hide <|vision_start|> / <|vision_end|> in the blind pass
+    k3_clamp: tuple[float, float] | None = None  # None (the paper's) or (d_max, s_max) (VPPO_K3_CLAMP)
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # tokens per chunk of the LM head / the vocabulary KL
+    patch_prob: float = 0.5  # text_only_mode="patch_blackout": the probability per patch
+    spec: ImageTokenSpec | None = None  # the image token ids (None: read from the model config)
+    pad_token_id: int = 0
+    black: torch.Tensor | None = None  # patch_blackout: the black pixel after normalisation (text_only.black_pixel)
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.text_only_mode not in BLIND_MODES:
+            raise ValueError(f"text_only_mode must be one of {tuple(BLIND_MODES)}, got {self.text_only_mode!r}")
+
+    @classmethod
+    def from_config(cls, args, **model_facts) -> BlindPass:
+        """From a :class:`~pgpo.config.PGPOConfig`; ``model_facts``: ``spec``, ``pad_token_id``, ``black``."""
+        return cls(**{name: getattr(args, option) for name, option in CONFIG_OPTIONS.items()}, **model_facts)
+
+    def describe(self) -> str:
+        return f"dependency_estimator={self.estimator}, text_only_mode={self.text_only_mode}, k3_clamp={self.k3_clamp}"
+
+
 @torch.no_grad()
 def score_batch(
     model,
     batch: dict,
     logits_to_keep: int,
-    *,
-    estimator: str = "k3",
-    temperature: float = 1.0,
-    text_only_mode: str = "mask",
-    mask_delimiters: bool = False,
-    k3_clamp: tuple[float, float] | None = None,
-    completion_mask: torch.Tensor | None = None,
+    blind: BlindPass = BlindPass(),
     image_logps: torch.Tensor | None = None,
-    spec: ImageTokenSpec | None = None,
-    pad_token_id: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
     logps_fn: Callable[[dict], torch.Tensor] | None = None,
-    patch_prob: float = 0.5,
-    black: torch.Tensor | None = None,
+    *,
+    completion_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Visual dependency ``S_t`` (Eq. 1) of every completion token of a processed VLM batch, ``[B, logits_to_keep]``.
@@ -441,48 +475,40 @@ def score_batch(
         batch: ``input_ids`` / ``attention_mask`` ``[B, P+T]`` whose last ``logits_to_keep`` columns are the
             completion, plus the image tensors the processor made (``pixel_values``, ``image_grid_thw``,
             ``mm_token_type_ids``, ...).
-        estimator: ``"k3"`` (the paper's) or ``"kl"`` (the exact full-vocabulary KL).
-        temperature: the rollout temperature (both passes).
-        text_only_mode: the blind pass (:mod:`pgpo.text_only`): ``"mask"`` (the paper's), ``"remove_reindex"``,
-            ``"blank"``.
-        mask_delimiters: also hide ``<|vision_start|>`` / ``<|vision_end|>`` in the blind pass.
-        k3_clamp: ``None`` (the paper's) or ``(d_max, s_max)`` (:data:`VPPO_K3_CLAMP`).
-        completion_mask: ``[B, T]``; defaults to the last ``T`` columns of ``attention_mask``.
+        blind: the estimator and the blind pass (:class:`BlindPass`; the default is the paper's).
         image_logps: the image pass's log-probs of the sampled tokens when already known (a trainer's old-policy
             log-probs); the image-conditioned forward is then skipped (k3 only).
-        spec: the image token ids (default: read from the model config).
         logps_fn: ``batch -> [B, T]`` log-probs of the sampled tokens (default :func:`sampled_token_logps`); a trainer
             passes its own (TRL's fused LM head) so both passes use one kernel.
-        patch_prob, black, generator: ``text_only_mode="patch_blackout"`` (VPPO): the probability per patch, the black
-            pixel after normalisation (:func:`pgpo.text_only.black_pixel`) and a seeded generator.
+        completion_mask: ``[B, T]``; defaults to the last ``T`` columns of ``attention_mask``.
+        generator: a seeded generator, for the modes with random masks (``"patch_blackout"``).
 
     Returns:
         float32 ``[B, T]``, ``>= 0``, exactly 0 where ``completion_mask`` is 0. Every pass (``logps_fn`` included) runs
         dropout-free (:func:`dropout_free`): scoring the same batch twice gives the same ``S``, whatever mode ``model``
         is in, and each module's mode is as before afterwards.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     with dropout_free(model):
         T = logits_to_keep
         mask = batch["attention_mask"][:, -T:] if completion_mask is None else completion_mask
-        spec = spec or image_token_spec(_unwrap(model).config)
-        positions = image_pass_position_ids(model, batch) if text_only_mode == "mask" else None
-        blind = counterfactual_batch(
+        needs = BLIND_MODES[blind.text_only_mode]
+        blind_batch = counterfactual_batch(
             batch,
             T,
-            text_only_mode,
-            spec,
-            position_ids=positions,
-            pad_token_id=pad_token_id,
-            mask_delimiters=mask_delimiters,
-            patch_prob=patch_prob,
-            black=black,
+            blind.text_only_mode,
+            blind.spec or image_token_spec(unwrap(model).config),
+            position_ids=image_pass_position_ids(model, batch) if needs.positions else None,
+            pad_token_id=blind.pad_token_id,
+            mask_delimiters=blind.mask_delimiters,
+            patch_prob=blind.patch_prob,
+            black=blind.black,
             generator=generator,
         )
-        if estimator == "kl":
-            return compute_visual_dependency(model, batch, blind, T, mask, chunk_size, temperature).scores
-        logps = logps_fn or (lambda b: sampled_token_logps(model, b, T, temperature, chunk_size))
+        if blind.estimator == "kl":
+            return compute_visual_dependency(
+                model, batch, blind_batch, T, mask, blind.chunk_size, blind.temperature
+            ).scores
+        logps = logps_fn or (lambda b: sampled_token_logps(model, b, T, blind.temperature, blind.chunk_size))
         if image_logps is None:
             image_logps = logps(batch)
-        return k3_dependency(image_logps, logps(blind), mask, clamp=k3_clamp)
+        return k3_dependency(image_logps, logps(blind_batch), mask, clamp=blind.k3_clamp)

@@ -25,7 +25,8 @@ Here, on TRL (:class:`DynamicSampler`):
 * ``num_items_in_batch`` (the token count DAPO's loss divides by) is recomputed on the kept batch.
 
 The pieces that do not need a model are pure functions: :func:`keep_groups`, :func:`select_rows`,
-:func:`concat_outputs`.
+:func:`concat_outputs`, :func:`filter_key`. :func:`trainer_sampler` wires a :class:`DynamicSampler` to a TRL trainer
+(the trainer's reward hook records each round's rewards in :class:`RoundRewards`).
 """
 
 from __future__ import annotations
@@ -259,6 +260,25 @@ class DynamicSampler:
         kept_rows = merged.pop("_rows")
         return self.unsplit(merged), stats, kept_rows
 
+    def sample_batch(self, rows: list[dict]) -> tuple[dict, list[dict], dict[str, float]]:
+        """:meth:`sample` for a trainer: the output with ``num_items_in_batch`` (the tokens DAPO's loss divides by)
+        recounted on the kept batch over all processes, its input rows, and the metrics (``dynamic_sampling/*``)."""
+        output, stats, rows = self.sample(rows)
+        mask = output["completion_mask"]
+        mask = mask * output["tool_mask"] if "tool_mask" in output else mask
+        output["num_items_in_batch"] = self.gather(mask.sum()).sum()
+        filled = self.gather(torch.tensor([stats.filled_groups], device=mask.device))
+        return (
+            output,
+            rows,
+            {
+                "rounds": float(stats.rounds),
+                "kept_frac": stats.kept_frac,
+                "prompts_consumed": float(stats.generated_groups),
+                "filled_frac": filled.sum().item() / max(stats.local_groups * filled.numel(), 1),
+            },
+        )
+
 
 def check_layout(per_device_batch: int, steps_per_generation: int, num_generations: int) -> None:
     """Groups must not straddle processes for a per-process keep decision (every process keeps whole groups)."""
@@ -269,3 +289,68 @@ def check_layout(per_device_batch: int, steps_per_generation: int, num_generatio
             f"{steps_per_generation} = {local}) to be a multiple of num_generations ({num_generations}), so that "
             "every process holds whole groups"
         )
+
+
+# ----------------------------------------------------------------------------------------------- on a TRL trainer
+def filter_key(per_func: torch.Tensor, key: str, names: list[str], weights: torch.Tensor) -> torch.Tensor:
+    """``[N]``: what the group mean is taken of: ``key="reward"`` is the weighted total over the reward functions
+    (NaN where every function is NaN: an unscorable completion), otherwise the column of the function named ``key``."""
+    if key == "reward":
+        total = (per_func * weights.to(per_func.device)).nansum(dim=1)
+        return torch.where(torch.isnan(per_func).all(dim=1), torch.full_like(total, float("nan")), total)
+    return per_func[:, names.index(key)]
+
+
+class RoundRewards:
+    """The filter key of the round just scored: the trainer's reward hook records each round's ``[N, F]`` rewards
+    (gathered over processes) with :meth:`record`; the sampler reads them by calling this object."""
+
+    def __init__(self, key: str, names: list[str], weights: torch.Tensor):
+        if key != "reward" and key not in names:
+            raise ValueError(
+                f"dynamic_sampling_key={key!r} is neither 'reward' nor a reward function of this run ({names})"
+            )
+        self.key, self.names, self.weights = key, list(names), weights
+        self.last: torch.Tensor | None = None
+
+    def record(self, per_func: torch.Tensor) -> None:
+        self.last = per_func
+
+    def __call__(self) -> torch.Tensor:
+        return filter_key(self.last, self.key, self.names, self.weights)
+
+
+def trainer_sampler(trainer, generate, pad_token_id: int) -> DynamicSampler:
+    """DAPO's dynamic sampling for a TRL ``GRPOTrainer`` (``trainer``), whose one round is ``generate`` (TRL's own
+    ``_generate_and_score_completions``): the layout and the key checked, the refill stream seeded, built once."""
+    from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+
+    args, dataset, G = trainer.args, trainer.train_dataset, trainer.num_generations
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise ValueError("dynamic_sampling needs a map-style training dataset (refill prompts are drawn by index)")
+    check_layout(args.per_device_train_batch_size, args.steps_per_generation, G)
+    rewards = RoundRewards(args.dynamic_sampling_key, trainer.reward_func_names, trainer.reward_weights)
+    accelerator = trainer.accelerator
+    refill = RefillStream(
+        dataset,
+        G,
+        args.generation_batch_size // G,
+        accelerator.num_processes,
+        accelerator.process_index,
+        seed=args.seed + 1,
+    )
+    return DynamicSampler(
+        generate=generate,
+        rewards_of_last_round=rewards,
+        gather=accelerator.gather,
+        split=split_pixel_values_by_grid,
+        unsplit=unsplit_pixel_values_by_grid,
+        refill=refill,
+        rank=accelerator.process_index,
+        num_generations=G,
+        low=args.dynamic_sampling_low,
+        high=args.dynamic_sampling_high,
+        max_rounds=args.max_sampling_rounds,
+        fallback=args.dynamic_sampling_fallback,
+        pad_token_id=pad_token_id,
+    )

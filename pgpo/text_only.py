@@ -38,8 +38,24 @@ from typing import Literal
 
 import torch
 
-TextOnlyMode = Literal["mask", "remove_reindex", "blank", "patch_blackout"]
-TEXT_ONLY_MODES: tuple[str, ...] = ("mask", "remove_reindex", "blank", "patch_blackout")
+
+@dataclass(frozen=True)
+class ModeNeeds:
+    """What a blind-pass mode needs besides the batch."""
+
+    positions: bool = False  # the image pass's position ids (image_pass_position_ids)
+    generator: bool = False  # a seeded generator (random masks)
+
+
+# The one list of blind-pass modes (``text_only_mode``), with what each needs; the config's choices come from it.
+BLIND_MODES: dict[str, ModeNeeds] = {
+    "mask": ModeNeeds(positions=True),
+    "remove_reindex": ModeNeeds(),
+    "blank": ModeNeeds(),
+    "patch_blackout": ModeNeeds(generator=True),
+}
+TEXT_ONLY_MODES: tuple[str, ...] = tuple(BLIND_MODES)
+TextOnlyMode = Literal[TEXT_ONLY_MODES]  # PGPOConfig.text_only_mode's type: TRL's parser reads its choices
 PATCH_SIZE = 14  # VPPO's and PAPO's cell size; the ViT patch of Qwen2/2.5/3-VL
 # Keys of a processed batch that carry the image: the one list (the trainer, the scorer and the bench use it).
 IMAGE_KEYS = (
@@ -385,19 +401,52 @@ def counterfactual_batch(
 ) -> dict:
     """The "without the image" counterpart of a prompt+completion batch in the given mode (see the module docstring).
 
-    Its last ``logits_to_keep`` columns are the same completion tokens, in the same order. ``patch_prob``, ``black``
-    and ``generator`` are for ``"patch_blackout"``.
+    Its last ``logits_to_keep`` columns are the same completion tokens, in the same order. ``position_ids`` are for
+    the modes that keep the image pass's positions, ``patch_prob``, ``black`` and ``generator`` for
+    ``"patch_blackout"`` (:data:`BLIND_MODES`).
     """
+    if mode not in BLIND_MODES:
+        raise ValueError(f"text_only_mode must be one of {TEXT_ONLY_MODES}, got {mode!r}")
+    needs = BLIND_MODES[mode]
+    if needs.positions and position_ids is None:
+        raise ValueError(f"text_only_mode={mode!r} needs the image-conditioned pass's position_ids")
+    if needs.generator and (black is None or generator is None):
+        raise ValueError(f"text_only_mode={mode!r} needs the black pixel value and a seeded generator")
     if mode == "mask":
-        if position_ids is None:
-            raise ValueError("text_only_mode='mask' needs the image-conditioned pass's position_ids")
         return blind_batch(batch, logits_to_keep, spec, position_ids, pad_token_id, mask_delimiters)
     if mode == "remove_reindex":
         return remove_reindex_batch(batch, logits_to_keep, spec, pad_token_id)
     if mode == "blank":
         return blank_batch(batch, logits_to_keep)
-    if mode == "patch_blackout":
-        if black is None or generator is None:
-            raise ValueError("text_only_mode='patch_blackout' needs the black pixel value and a seeded generator")
-        return patch_blackout_batch(batch, logits_to_keep, patch_prob, black, generator)
-    raise ValueError(f"text_only_mode must be one of {TEXT_ONLY_MODES}, got {mode!r}")
+    return patch_blackout_batch(batch, logits_to_keep, patch_prob, black, generator)
+
+
+# ----------------------------------------------------------------------------------------------- text-only rows
+# Rows without an image in a multimodal batch (pgpo.data's text_only="keep"): a micro-batch of text-only rows reaches
+# the model with empty image tensors, which Qwen-VL's vision tower rejects; the blind pass of a text-only row is the
+# row itself, so its dependency is 0.
+def _drop_empty_image_inputs(module, args, kwargs):
+    """Forward pre-hook: image tensors holding no image (a micro-batch of text-only rows) are not passed on."""
+    empty = [k for k in IMAGE_KEYS if isinstance(kwargs.get(k), torch.Tensor) and kwargs[k].shape[:1] == (0,)]
+    if not empty:
+        return None
+    return args, {k: v for k, v in kwargs.items() if k not in empty}
+
+
+def allow_text_only_micro_batches(model) -> None:
+    """The model's backbone gets no image tensors at all, instead of empty ones, for a micro-batch without images."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(inner, "base_model", inner)
+    if isinstance(backbone, torch.nn.Module):
+        backbone.register_forward_pre_hook(_drop_empty_image_inputs, with_kwargs=True)
+
+
+def zero_text_only_rows(
+    scores: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: ImageTokenSpec | None
+) -> torch.Tensor:
+    """Dependency 0, exactly, for rows whose prompt has no visual token (not the float noise of two passes)."""
+    if spec is None:
+        return scores
+    hidden = torch.tensor(spec.hidden_ids(), device=prompt_ids.device)
+    visual = (torch.isin(prompt_ids, hidden) & prompt_mask.bool()).any(dim=1)
+    return scores if bool(visual.all()) else scores * visual[:, None].to(scores.dtype)

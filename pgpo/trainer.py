@@ -4,7 +4,7 @@ Everything else — generation (transformers or vLLM), rewards, group advantages
 aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints, logging — is TRL's own code path. What changes:
 
 1. **Where ``log pi_img`` of the sampled tokens comes from** is decided once, at start-up, and logged
-   (:attr:`PGPOTrainer.dependency_source`):
+   (:func:`dependency_source`, :attr:`PGPOTrainer.dependency_source`):
 
    * ``"trl_old_logps"``: TRL runs its no-grad old-log-prob pass (``gradient_accumulation_steps`` not a multiple of
      ``steps_per_generation * num_iterations``, or vLLM importance sampling): its ``old_per_token_logps`` are the
@@ -21,17 +21,16 @@ aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints, logging — is T
    Every pass that feeds the dependency (the image and blind passes, VPPO's perturbed image, PAPO's masked image)
    runs dropout-free, in eval mode (:func:`pgpo.dependency.dropout_free`; each module's mode is restored after it).
 
-2. The blind pass (:mod:`pgpo.text_only`) and the estimator (:mod:`pgpo.dependency`) go through
-   :func:`pgpo.dependency.score_batch`; the log-probs of both passes come from TRL's own model call (its fused LM
-   head, at the rollout temperature), so both sides use one kernel.
-3. TRL's per-response advantages ``[B]`` are replaced by the registered shaping method's per-token advantages
-   ``[B, T]`` (:mod:`pgpo.shaping`); TRL's ``_compute_loss`` takes ``[B, T]`` advantages as they are.
-4. Metrics: dependency mean / quantiles / sparsity / share of tokens with ``S >= 10`` (``k3_clamp="vppo"``'s ceiling),
-   gated fraction, mean weight on gated / ungated tokens, and a running variance of the gradient norm across optimizer
-   steps (Welford; ``grad_norm/running_var``).
-5. Faults (docs/reliability.md): the data, the output folder and the processor's limits are checked at start
-   (:mod:`pgpo.validation`); a non-finite loss or gradient norm raises ``FloatingPointError`` naming the step, before
-   the optimizer applies it; batches mixing rows with and without an image train (a text-only row's dependency is 0).
+2. One step, top to bottom, in two TRL seams: :meth:`PGPOTrainer._generate_and_score_completions` (a generation
+   batch: DAPO's rounds (:mod:`pgpo.sampling`), the loss terms' rollout inputs, then the dependency and the shaping
+   unless the training forward does them) and :meth:`PGPOTrainer._compute_loss` (a micro-batch: TRL's loss plus the
+   loss terms, scaled once). The blind pass's options are one :class:`pgpo.dependency.BlindPass`; both passes' log-probs
+   come from TRL's own model call (fused LM head, rollout temperature), so both sides use one kernel.
+3. TRL's per-response advantages ``[B]`` become the registered shaping method's per-token ``[B, T]``
+   (:mod:`pgpo.shaping`, :meth:`PGPOTrainer._shape_advantages`), which TRL's ``_compute_loss`` takes as they are.
+4. Metrics (:mod:`pgpo.metrics`); faults (docs/reliability.md): inputs checked at start (:mod:`pgpo.validation`), a
+   non-finite loss or gradient norm raises ``FloatingPointError`` naming the step before the optimizer applies it,
+   batches mixing rows with and without an image train (a text-only row's dependency is 0).
 """
 
 from __future__ import annotations
@@ -53,20 +52,20 @@ from trl.models.utils import disable_gradient_checkpointing
 from pgpo import checkpoint as ckpt
 from pgpo import metrics
 from pgpo.config import PGPOConfig
-from pgpo.data import image_values
-from pgpo.dependency import dropout_free, dropout_sites, score_batch
-from pgpo.loss_terms import LossContext, get_loss_term
+from pgpo.dependency import BlindPass, dropout_free, dropout_sites, score_batch, unwrap
+from pgpo.loss_terms import LossContext, LossTerms, Rollouts, loss_mask
 from pgpo.rewards import check_group_statistics
 from pgpo.run_folder import Run, claim_run_folder, mark_checkpoint, model_name, run_settings
-from pgpo.sampling import DynamicSampler, RefillStream, check_layout
-from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS, black_pixel, blacken_image, image_token_spec
-from pgpo.validation import (
-    check_for_processor,
-    check_free_space,
-    check_output_dir,
-    named_reward,
-    validate_dataset,
+from pgpo.sampling import trainer_sampler
+from pgpo.text_only import (
+    IMAGE_KEYS,
+    PER_TOKEN_KEYS,
+    allow_text_only_micro_batches,
+    black_pixel,
+    image_token_spec,
+    zero_text_only_rows,
 )
+from pgpo.validation import check_for_processor, check_free_space, check_output_dir, named_reward, validate_dataset
 
 logger = logging.getLogger(__name__)
 # TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` alias inside its own calls
@@ -82,21 +81,23 @@ TRL_FORWARD_KEYS = tuple(
 )
 
 
-def _config_of(model):
-    inner = model
-    for attr in ("module", "_orig_mod"):
-        inner = getattr(inner, attr, inner)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    return inner.config
+def dependency_source(args: PGPOConfig, *, dropout: bool, trl_old_logps_pass: bool) -> str:
+    """Where ``log pi_img`` comes from (module docstring, point 1): the plan, decided once per run."""
+    if not args.scores_dependency:
+        return "none"
+    if args.dependency_estimator == "kl" or dropout:
+        return "own_pass"  # the KL needs both full distributions; TRL's train-mode passes carry dropout noise
+    if trl_old_logps_pass:
+        return "trl_old_logps"
+    if args.dependency_from_training_forward and args.shaping.per_response:
+        return "training_forward"
+    return "own_pass"
 
 
-def _drop_empty_image_inputs(module, args, kwargs):
-    """Forward pre-hook: image tensors holding no image (a micro-batch of text-only rows) are not passed on."""
-    empty = [k for k in IMAGE_KEYS if isinstance(kwargs.get(k), torch.Tensor) and kwargs[k].shape[:1] == (0,)]
-    if not empty:
-        return None
-    return args, {k: v for k, v in kwargs.items() if k not in empty}
+def _append(store: dict, prefix: str, values: dict[str, float]) -> None:
+    """Metrics under ``prefix/`` in TRL's per-mode store (averaged over the logging window)."""
+    for key, value in values.items():
+        store[f"{prefix}/{key}"].append(value)
 
 
 class _MicroBatchScorer:
@@ -111,7 +112,7 @@ class _MicroBatchScorer:
     def __call__(self, input_ids, attention_mask, labels=None, fused_lm_head=None, **kwargs):
         kwargs.pop("output_router_logits", None)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
-        self.scores.append(self.trainer._score(batch, self.logits_to_keep, estimator="kl"))
+        self.scores.append(self.trainer._score(batch, self.logits_to_keep))
         return SimpleNamespace(log_probs=input_ids.new_zeros(input_ids.shape, dtype=torch.float32), entropy=None)
 
 
@@ -125,10 +126,8 @@ def _reference_is_a_copy(model, config, peft_config):
     reference other than the policy for an instance changed after loading. The copy is the policy as passed."""
     import trl.trainer.grpo_trainer as grpo
 
-    if not isinstance(model, torch.nn.Module) or not getattr(config, "beta", 0.0) or peft_config is not None:
-        yield
-        return
-    if ckpt.is_peft_model(model):
+    instance = isinstance(model, torch.nn.Module) and not ckpt.is_peft_model(model)
+    if not instance or not getattr(config, "beta", 0.0) or peft_config is not None:
         yield
         return
     reference, build = copy.deepcopy(model), grpo.create_model_from_path
@@ -162,46 +161,48 @@ class PGPOTrainer(GRPOTrainer):
         if not isinstance(self.args, PGPOConfig):
             raise TypeError(f"PGPOTrainer needs a PGPOConfig, got {type(self.args).__name__}")
         check_free_space(self.args.output_dir, self.model, self.args)  # the model is loaded (and PEFT-wrapped) now
-        self._allow_text_only_micro_batches()
+        allow_text_only_micro_batches(self.accelerator.unwrap_model(self.model))
         self.reward_funcs = [
             f if isinstance(f, torch.nn.Module) or inspect.iscoroutinefunction(f) else named_reward(f, name)
             for f, name in zip(self.reward_funcs, self.reward_func_names)
         ]
-        self._shaping = self.args.shaping
-        self._shaping_config = self.args.shaping_config()
+        # The plan: the shaping method, the blind pass, where log pi_img comes from, the loss terms, DAPO's sampling.
+        self._shaping, self._shaping_config = self.args.shaping, self.args.shaping_config()
+        self._image_spec = self._read_image_spec()
+        image_processor = getattr(self.processing_class, "image_processor", None)
+        self._blind_pass = BlindPass.from_config(
+            self.args,
+            spec=self._image_spec,
+            pad_token_id=self._tokenizer.pad_token_id or 0,
+            black=black_pixel(image_processor) if image_processor is not None else torch.zeros(3),
+        )
+        self.dropout_sites = dropout_sites(self.model)  # what drops while the policy trains ([]: nothing)
+        self.dependency_source = self._choose_dependency_source()
+        logger.info(
+            "PGPO: advantage_shaping=%s, %s, p_image from %s; every scoring pass runs dropout-free (eval mode)%s",
+            self.args.advantage_shaping,
+            self._blind_pass.describe(),
+            self.dependency_source,
+            self._dropout_note(),
+        )
+        self._loss_terms = LossTerms.from_config(self.args)
+        self._sampler = self._build_sampler() if self.args.dynamic_sampling else None
+        self._grad_norm_stats = metrics.RunningMoments()
+        self._scoring_batch_size: int | None = None  # set while a scoring pass runs (_scoring)
+        self._forward: SimpleNamespace | None = None  # the micro-batch whose training forward is in progress
+
+    # ----------------------------------------------------------------------------------------------- the plan
+    def _read_image_spec(self):
         try:
-            self._image_spec = image_token_spec(_config_of(self.model))
+            return image_token_spec(unwrap(self.model).config)
         except ValueError as err:
             if self.args.scores_dependency:
                 raise ValueError(
                     f"advantage_shaping={self.args.advantage_shaping!r} / log_visual_dependency score visual "
                     f"dependency, which needs a vision-language model: {err}"
                 ) from None
-            self._image_spec = None
-        self._scoring_batch_size: int | None = None  # set while a scoring pass runs (_scoring)
-        self.dropout_sites = dropout_sites(self.model)  # what drops while the policy trains ([]: nothing)
-        self.dependency_source = self._choose_dependency_source()
-        logger.info(
-            "PGPO: advantage_shaping=%s, dependency_estimator=%s, text_only_mode=%s, k3_clamp=%s, p_image from %s; "
-            "every scoring pass runs dropout-free (eval mode)%s",
-            self.args.advantage_shaping,
-            self.args.dependency_estimator,
-            self.args.text_only_mode,
-            self.args.k3_clamp,
-            self.dependency_source,
-            self._dropout_note(),
-        )
-        self._loss_inputs: dict | None = None  # the micro-batch of the training forward in progress
-        self._loss_logps: torch.Tensor | None = None  # its log-probs, with gradient (for the loss terms)
-        self._grad_norm_stats = metrics.RunningMoments()
-        self._loss_terms = [(get_loss_term(n), get_loss_term(n).config(self.args)) for n in self.args.loss_terms]
-        self._needs = {need for term, _ in self._loss_terms for need in term.needs}
-        image_processor = getattr(self.processing_class, "image_processor", None)
-        self._black = black_pixel(image_processor) if image_processor is not None else torch.zeros(3)
-        self._round_rewards: torch.Tensor | None = None
-        self._sampler = self._build_sampler() if self.args.dynamic_sampling else None
+            return None
 
-    # ----------------------------------------------------------------------------------------------- the plan
     def _trl_runs_old_logps_pass(self) -> bool:
         """Mirror of the condition under which TRL computes old log-probs in ``_generate_and_score_completions``."""
         generate_every = self.args.steps_per_generation * self.num_iterations
@@ -210,18 +211,9 @@ class PGPOTrainer(GRPOTrainer):
         )
 
     def _choose_dependency_source(self) -> str:
-        """Where ``log pi_img`` comes from (module docstring, point 1); decided once."""
-        if not self.args.scores_dependency:
-            return "none"
-        if self.args.dependency_estimator == "kl":
-            return "own_pass"  # needs the full distributions of both passes
-        if self.dropout_sites:
-            return "own_pass"  # TRL's passes run in train mode: their log-probs carry dropout noise
-        if self._trl_runs_old_logps_pass():
-            return "trl_old_logps"
-        if self.args.dependency_from_training_forward and self._shaping.per_response:
-            return "training_forward"
-        return "own_pass"
+        return dependency_source(
+            self.args, dropout=bool(self.dropout_sites), trl_old_logps_pass=self._trl_runs_old_logps_pass()
+        )
 
     def _dropout_note(self) -> str:
         """What the start-up log says about dropout."""
@@ -234,59 +226,108 @@ class PGPOTrainer(GRPOTrainer):
             "disable_dropout=True removes nn.Dropout, LoRA's included, and restores the cheaper source)"
         )
 
-    def _build_sampler(self) -> DynamicSampler:
-        """DAPO's dynamic sampling (:mod:`pgpo.sampling`): checked and built once."""
-        from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+    def _build_sampler(self):
+        """DAPO's dynamic sampling (:func:`pgpo.sampling.trainer_sampler`): one round is TRL's own generation."""
+        return trainer_sampler(self, super()._generate_and_score_completions, self._tokenizer.pad_token_id or 0)
 
-        args = self.args
-        if not hasattr(self.train_dataset, "__getitem__") or not hasattr(self.train_dataset, "__len__"):
-            raise ValueError("dynamic_sampling needs a map-style training dataset (refill prompts are drawn by index)")
-        check_layout(args.per_device_train_batch_size, args.steps_per_generation, self.num_generations)
-        key = args.dynamic_sampling_key
-        if key != "reward" and key not in self.reward_func_names:
-            raise ValueError(
-                f"dynamic_sampling_key={key!r} is neither 'reward' nor a reward function of this run "
-                f"({self.reward_func_names})"
+    # ----------------------------------------------------------------------------------------------- one step
+    def _generate_and_score_completions(self, inputs):
+        """A generation batch: TRL's rollouts, rewards and advantages (DAPO's rounds until only kept groups remain,
+        with dynamic sampling), the loss terms' rollout inputs, then the dependency and the shaping (unless the source
+        is each micro-batch's training forward)."""
+        mode = "train" if self.model.training else "eval"
+        if self._sampler is not None and mode == "train":
+            output, inputs = self._dynamic_sample(inputs)
+        else:
+            output = super()._generate_and_score_completions(inputs)
+        output.update(self._loss_terms.rollout_inputs(self._rollouts(output, inputs)))
+        if self.dependency_source in ("trl_old_logps", "own_pass"):
+            self._shape_advantages(output, self._dependency(output, self._image_logps(output)), mode)
+        return output
+
+    def _compute_loss(self, model, inputs):
+        """One micro-batch: TRL's loss (its training forward shapes the advantages first when that is the source),
+        plus the loss terms, scaled once for gradient accumulation."""
+        forward = self._forward = SimpleNamespace(inputs=inputs, logps=None)
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self._forward = None
+        if self._loss_terms:
+            loss = loss + self._loss_terms_value(forward.logps, inputs)
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: the model produced NaN/inf "
+                "log-probabilities or the advantages are not finite; nothing was applied from this step"
             )
-        refill = RefillStream(
-            self.train_dataset,
-            self.num_generations,
-            args.generation_batch_size // self.num_generations,
-            self.accelerator.num_processes,
-            self.accelerator.process_index,
-            seed=args.seed + 1,
-        )
-        return DynamicSampler(
-            generate=super()._generate_and_score_completions,
-            rewards_of_last_round=self._filter_rewards,
-            gather=self.accelerator.gather,
-            split=split_pixel_values_by_grid,
-            unsplit=unsplit_pixel_values_by_grid,
-            refill=refill,
-            rank=self.accelerator.process_index,
-            num_generations=self.num_generations,
-            low=args.dynamic_sampling_low,
-            high=args.dynamic_sampling_high,
-            max_rounds=args.max_sampling_rounds,
-            fallback=args.dynamic_sampling_fallback,
-            pad_token_id=self._tokenizer.pad_token_id or 0,
-        )
+        return loss
 
-    def _filter_rewards(self) -> torch.Tensor:
-        """``[N_global]``: the dynamic-sampling key of the round just scored (NaN for unscorable completions)."""
-        per_func = self._round_rewards
-        if self.args.dynamic_sampling_key == "reward":
-            weights = self.reward_weights.to(per_func.device)
-            total = (per_func * weights).nansum(dim=1)
-            return torch.where(torch.isnan(per_func).all(dim=1), torch.full_like(total, float("nan")), total)
-        return per_func[:, self.reward_func_names.index(self.args.dynamic_sampling_key)]
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
+        forward, self._forward = self._forward, None  # the first call inside _compute_loss: the training forward
+        if forward is not None:
+            forward.logps = out[0]
+            # Its detached log-probs are log pi_img. A micro-batch trained twice in one accumulation window
+            # (num_iterations > 1 with no old-log-prob pass) is shaped already.
+            if self.dependency_source == "training_forward" and forward.inputs["advantages"].dim() == 1:
+                mode = "train" if self.model.training else "eval"
+                self._shape_advantages(forward.inputs, self._dependency(forward.inputs, out[0].detach()), mode)
+        return out
 
+    def _loss_terms_value(self, logps: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """The registered loss terms (:mod:`pgpo.loss_terms`) on one micro-batch, divided by the gradient-accumulation
+        steps TRL divides its own loss by; each term is logged as it returned it."""
+        mode = "train" if self.model.training else "eval"
+        value, logs = self._loss_terms(LossContext(logps=logps, mask=loss_mask(inputs), inputs=inputs))
+        _append(self._metrics[mode], "loss_terms", logs)
+        return value / (self.current_gradient_accumulation_steps if mode == "train" else 1.0)
+
+    def _dynamic_sample(self, inputs: list[dict]) -> tuple[dict, list[dict]]:
+        """Rounds of TRL's generation until the batch holds only kept groups (:mod:`pgpo.sampling`); returns the merged
+        output and its input rows."""
+        output, rows, logs = self._sampler.sample_batch(inputs)
+        _append(self._metrics["train"], "dynamic_sampling", logs)
+        return output, rows
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self._sampler is not None:  # gathered over processes: the dynamic-sampling filter reads them
+            self._sampler.rewards_of_last_round.record(rewards_per_func)
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        check_group_statistics(rewards_per_func, self.reward_weights, num_generations, self.reward_func_names)
+        unscorable = torch.isnan(rewards_per_func).all(dim=1).float().mean().item()
+        self._metrics[mode]["rewards/unscorable_frac"].append(unscorable)
+        return rewards_per_func
+
+    def _shape_advantages(self, batch: dict, scores: torch.Tensor, mode: str) -> None:
+        """PGPO's own lines: log the dependency and replace ``batch['advantages']`` ``[B]`` by the method's per-token
+        ``[B, T]``."""
+        scores = zero_text_only_rows(scores, batch["prompt_ids"], batch["prompt_mask"], self._image_spec)
+        mask = loss_mask(batch)
+        self._log_dependency(scores, mask, mode)
+        if self._shaping.name == "none":
+            return
+        result = self._shaping.fn(batch["advantages"], scores, mask, self._shaping_config)
+        batch["advantages"] = result.advantages.to(batch["advantages"].dtype)
+        self._log_shaping(result, mask, mode)
+
+    # ----------------------------------------------------------------------------------------------- scoring
     def _generator(self, *salt: int) -> torch.Generator:
         """A generator seeded by the run's seed, the step, the process and ``salt``: reproducible masks."""
         key = (self.args.seed, self.state.global_step, self.accelerator.process_index, *salt)
         return torch.Generator().manual_seed(hash(key) % (2**63))
 
-    # ----------------------------------------------------------------------------------------------- scoring
+    def _rollouts(self, output: dict, rows: list[dict]) -> Rollouts:
+        return Rollouts(
+            output, rows, self.args, self.processing_class, self.num_generations, self._sampled_logps, self._generator
+        )
+
+    def _image_logps(self, output: dict) -> torch.Tensor | None:
+        return output.get("old_per_token_logps") if self.dependency_source == "trl_old_logps" else None
+
     @contextmanager
     def _scoring(self):
         """A scoring pass: dropout-free (:func:`pgpo.dependency.dropout_free`, every module's mode restored after it);
@@ -330,26 +371,11 @@ class PGPOTrainer(GRPOTrainer):
                 parts.append(out.log_probs[:, -logits_to_keep:].float())
             return torch.cat(parts)
 
-    def _score(self, batch: dict, logits_to_keep: int, image_logps=None, estimator=None) -> torch.Tensor:
-        """:func:`pgpo.dependency.score_batch` with this run's options and TRL's log-prob kernel."""
-        args = self.args
+    def _score(self, batch: dict, logits_to_keep: int, image_logps=None) -> torch.Tensor:
+        """:func:`pgpo.dependency.score_batch` with this run's blind pass and TRL's log-prob kernel."""
+        logps = lambda b: self._sampled_logps(b, logits_to_keep)  # noqa: E731
         return score_batch(
-            self.model,
-            batch,
-            logits_to_keep,
-            estimator=estimator or args.dependency_estimator,
-            temperature=self.temperature,
-            text_only_mode=args.text_only_mode,
-            mask_delimiters=args.mask_vision_delimiters,
-            k3_clamp=args.k3_clamp_values,
-            image_logps=image_logps,
-            spec=self._image_spec,
-            pad_token_id=self._tokenizer.pad_token_id or 0,
-            chunk_size=args.dependency_chunk_size,
-            logps_fn=lambda b: self._sampled_logps(b, logits_to_keep),
-            patch_prob=args.patch_blackout_prob,
-            black=self._black,
-            generator=self._generator(0) if args.text_only_mode == "patch_blackout" else None,
+            self.model, batch, logits_to_keep, self._blind_pass, image_logps, logps, generator=self._generator(0)
         )
 
     def generate_and_score(self, rows: list[dict]) -> dict:
@@ -362,8 +388,7 @@ class PGPOTrainer(GRPOTrainer):
         estimator and blind pass, scored by the current weights, dropout-free."""
         if self._image_spec is None:
             raise ValueError("visual dependency needs a vision-language model (no image token id in its config)")
-        image_logps = inputs.get("old_per_token_logps") if self.dependency_source == "trl_old_logps" else None
-        return self._dependency(inputs, image_logps)
+        return self._dependency(inputs, self._image_logps(inputs))
 
     def _dependency(self, inputs: dict, image_logps: torch.Tensor | None = None) -> torch.Tensor:
         """Visual dependency ``[B, T]`` of a generation batch (TRL's output dict) or of one training micro-batch."""
@@ -372,7 +397,7 @@ class PGPOTrainer(GRPOTrainer):
         batch["attention_mask"] = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         T = inputs["completion_ids"].shape[1]
         with self._scoring() as size:
-            if self.args.dependency_estimator != "kl":
+            if self._blind_pass.estimator != "kl":
                 return self._score(batch, T, image_logps=image_logps)
             scorer = _MicroBatchScorer(self, T)
             extra = {k: batch[k] for k in TRL_FORWARD_KEYS if k in batch}
@@ -382,189 +407,6 @@ class PGPOTrainer(GRPOTrainer):
                 )
             return torch.cat(scorer.scores)
 
-    # ----------------------------------------------------------------------------------------------- TRL seams
-    def _generate_and_score_completions(self, inputs):
-        mode = "train" if self.model.training else "eval"
-        if self._sampler is not None and mode == "train":
-            output, inputs = self._dynamic_sample(inputs)
-        else:
-            output = super()._generate_and_score_completions(inputs)
-        if "masked_image_logps" in self._needs:
-            output["masked_image_logps"] = self._masked_image_logps(output, inputs)
-        if self.dependency_source in ("none", "training_forward"):
-            return output  # nothing to score, or scored and shaped in each micro-batch's training forward
-        image_logps = output.get("old_per_token_logps") if self.dependency_source == "trl_old_logps" else None
-        self._shape_advantages(output, self._dependency(output, image_logps), mode)
-        return output
-
-    def _dynamic_sample(self, inputs: list[dict]) -> tuple[dict, list[dict]]:
-        """Rounds of TRL's generation until the batch holds only kept groups (:class:`pgpo.sampling.DynamicSampler`);
-        returns the merged output and its input rows."""
-        output, stats, rows = self._sampler.sample(inputs)
-        mask = (
-            output["completion_mask"] if "tool_mask" not in output else output["completion_mask"] * output["tool_mask"]
-        )
-        output["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
-        m = self._metrics["train"]
-        m["dynamic_sampling/rounds"].append(float(stats.rounds))
-        m["dynamic_sampling/kept_frac"].append(stats.kept_frac)
-        m["dynamic_sampling/prompts_consumed"].append(float(stats.generated_groups))
-        filled = self.accelerator.gather(torch.tensor([stats.filled_groups], device=mask.device)).sum().item()
-        m["dynamic_sampling/filled_frac"].append(filled / max(stats.local_groups * self.accelerator.num_processes, 1))
-        return output, rows
-
-    def _masked_image_logps(self, output: dict, rows: list[dict]) -> torch.Tensor:
-        """PAPO's ``log pi_old`` of the sampled tokens with the image masked (one mask per prompt, on the raw image
-        before any resizing, :func:`pgpo.text_only.blacken_image`), without gradient."""
-        image_processor = getattr(self.processing_class, "image_processor", None)
-        if image_processor is None or "pixel_values" not in output:
-            raise ValueError("papo loss terms need a multimodal batch and a processor with an image_processor")
-        masked = []
-        for i, row in enumerate(rows):
-            images = image_values(row) or []  # TRL's order: "images" if the row has it, else [image]
-            gen = self._generator(1, i // self.num_generations)  # the same mask for the G rollouts of a prompt
-            masked += [blacken_image(img, self.args.papo_mask_prob, gen) for img in images]
-        processed = image_processor(images=masked, return_tensors="pt")
-        batch = {k: output[k] for k in TRL_FORWARD_KEYS if k in output}
-        pixels = processed["pixel_values"].to(output["pixel_values"].device, output["pixel_values"].dtype)
-        if pixels.shape != output["pixel_values"].shape or (
-            "image_grid_thw" in processed
-            and not torch.equal(processed["image_grid_thw"].cpu(), output["image_grid_thw"].cpu())
-        ):
-            raise RuntimeError("the masked images were processed to a different size than the originals")
-        batch["pixel_values"] = pixels
-        batch["input_ids"] = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        batch["attention_mask"] = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        return self._sampled_logps(batch, output["completion_ids"].shape[1])
-
-    def _compute_loss(self, model, inputs):
-        self._loss_inputs = inputs  # picked up by the training forward in _get_per_token_logps_and_entropies
-        try:
-            loss = super()._compute_loss(model, inputs)
-            if self._loss_terms:
-                loss = loss + self._extra_loss(inputs)
-        finally:
-            self._loss_inputs, self._loss_logps = None, None
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: the model produced NaN/inf "
-                "log-probabilities or the advantages are not finite; nothing was applied from this step"
-            )
-        return loss
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        out = super()._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-        )
-        inputs, self._loss_inputs = self._loss_inputs, None
-        if inputs is not None:  # the training forward of a micro-batch
-            self._loss_logps = out[0]
-        # Its detached log-probs are log pi_img. A micro-batch trained twice in one accumulation window
-        # (num_iterations > 1 with no old-log-prob pass) is shaped already.
-        if inputs is not None and self.dependency_source == "training_forward" and inputs["advantages"].dim() == 1:
-            mode = "train" if self.model.training else "eval"
-            self._shape_advantages(inputs, self._dependency(inputs, image_logps=out[0].detach()), mode)
-        return out
-
-    def _extra_loss(self, inputs: dict) -> torch.Tensor:
-        """The registered loss terms (:mod:`pgpo.loss_terms`) on this micro-batch, with their metrics."""
-        mode = "train" if self.model.training else "eval"
-        mask = (
-            inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
-        )
-        ctx = LossContext(
-            logps=self._loss_logps,
-            mask=mask,
-            inputs=inputs,
-            accumulation=self.current_gradient_accumulation_steps if mode == "train" else 1.0,
-        )
-        total = 0.0
-        for term, cfg in self._loss_terms:
-            value, metrics = term.fn(ctx, cfg)
-            total = total + value
-            self._metrics[mode][f"loss_terms/{term.name}"].append(value.item() * ctx.accumulation)
-            for key, v in metrics.items():
-                self._metrics[mode][f"loss_terms/{key}"].append(v)
-        return total
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._round_rewards = rewards_per_func  # gathered over processes: the dynamic-sampling filter reads it
-        mode = "train" if self.model.training else "eval"
-        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-        check_group_statistics(rewards_per_func, self.reward_weights, num_generations, self.reward_func_names)
-        unscorable = torch.isnan(rewards_per_func).all(dim=1).float().mean().item()
-        self._metrics[mode]["rewards/unscorable_frac"].append(unscorable)
-        return rewards_per_func
-
-    # ----------------------------------------------------------------------------------------------- mixed batches
-    # Rows with and without an image in one batch (pgpo.data's text_only="keep"). TRL marks a text-only row's images
-    # as None, which its processor call rejects (TypeError "only a single or a list of entries is supported"); and a
-    # micro-batch of text-only rows reaches the model with empty image tensors, which Qwen-VL's vision tower rejects.
-    # The blind pass of a text-only row is the row itself: its dependency is 0.
-    def _generate(self, prompts):
-        out = super()._generate(prompts)
-        # (prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images)
-        images = out[6] if isinstance(out, tuple) and len(out) == 8 else None
-        if images is not None and any(x is None for x in images):
-            out = (*out[:6], [[] if x is None else x for x in images], *out[7:])
-        return out
-
-    def _allow_text_only_micro_batches(self) -> None:
-        """The model's backbone gets no image tensors at all, instead of empty ones, for a micro-batch without
-        images."""
-        inner = self.accelerator.unwrap_model(self.model)
-        if hasattr(inner, "get_base_model"):
-            inner = inner.get_base_model()
-        backbone = getattr(inner, "base_model", inner)
-        if isinstance(backbone, torch.nn.Module):
-            backbone.register_forward_pre_hook(_drop_empty_image_inputs, with_kwargs=True)
-
-    def _zero_text_only_rows(self, batch: dict, scores: torch.Tensor) -> torch.Tensor:
-        """Dependency 0, exactly, for rows whose prompt has no visual token (not the float noise of two passes)."""
-        if self._image_spec is None:
-            return scores
-        hidden = torch.tensor(self._image_spec.hidden_ids(), device=batch["prompt_ids"].device)
-        visual = (torch.isin(batch["prompt_ids"], hidden) & batch["prompt_mask"].bool()).any(dim=1)
-        return scores if bool(visual.all()) else scores * visual[:, None].to(scores.dtype)
-
-    # ----------------------------------------------------------------------------------------------- numerics
-    def _get_grad_norm(self, model, grad_norm=None):
-        """transformers' gradient norm (after clipping, if any), checked before ``optimizer.step()`` applies it."""
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        if grad_norm is None or self._loss_scaler_skips_overflow():
-            return grad_norm
-        value = float(grad_norm)
-        if not math.isfinite(value):
-            applied = (
-                "DeepSpeed has applied it already (its engine steps inside backward)"
-                if self.is_deepspeed_enabled
-                else "the optimizer has not applied it: the weights are those before this step"
-            )
-            raise FloatingPointError(
-                f"non-finite gradient norm ({value}) at step {self.state.global_step + 1}: the backward pass produced "
-                f"NaN/inf gradients; {applied}"
-            )
-        return grad_norm
-
-    def _loss_scaler_skips_overflow(self) -> bool:
-        """fp16 loss scaling: an inf/NaN gradient is an expected overflow, and the scaler skips that step."""
-        return getattr(self.accelerator, "scaler", None) is not None or (self.is_deepspeed_enabled and self.args.fp16)
-
-    # ----------------------------------------------------------------------------------------------- shaping
-    def _shape_advantages(self, batch: dict, scores: torch.Tensor, mode: str) -> None:
-        """Log the dependency and replace ``batch['advantages']`` ``[B]`` by the method's per-token ``[B, T]``."""
-        scores = self._zero_text_only_rows(batch, scores)
-        mask = batch["completion_mask"]
-        if "tool_mask" in batch:
-            mask = mask * batch["tool_mask"]
-        self._log_dependency(scores, mask, mode)
-        if self._shaping.name == "none":
-            return
-        result = self._shaping.fn(batch["advantages"], scores, mask, self._shaping_config)
-        batch["advantages"] = result.advantages.to(batch["advantages"].dtype)
-        self._log_shaping(result, mask, mode)
-
     # ----------------------------------------------------------------------------------------------- metrics
     def _gathered(self, values: torch.Tensor) -> torch.Tensor:
         """Valid values of every process (variable length), for exact global quantiles."""
@@ -573,14 +415,12 @@ class PGPOTrainer(GRPOTrainer):
     def _log_dependency(self, scores: torch.Tensor, mask: torch.Tensor, mode: str) -> None:
         valid = self._gathered(scores[mask.bool()].detach().cpu())
         if valid.numel():
-            for key, value in metrics.dependency_summary(valid).items():
-                self._metrics[mode][f"dependency/{key}"].append(value)
+            _append(self._metrics[mode], "dependency", metrics.dependency_summary(valid))
 
     def _log_shaping(self, result, mask: torch.Tensor, mode: str) -> None:
         sums = metrics.gate_sums(result.weights, result.gate, mask)
         sums = self.accelerator.reduce(sums.to(self.accelerator.device), reduction="sum").cpu()
-        for key, value in metrics.gate_summary(sums).items():
-            self._metrics[mode][f"shaping/{key}"].append(value)
+        _append(self._metrics[mode], "shaping", metrics.gate_summary(sums))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         grad_norm = logs.get("grad_norm")
@@ -589,6 +429,35 @@ class PGPOTrainer(GRPOTrainer):
             logs["grad_norm/running_mean"] = self._grad_norm_stats.mean
             logs["grad_norm/running_var"] = self._grad_norm_stats.variance
         super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------------- mixed batches
+    def _generate(self, prompts):
+        """TRL marks a text-only row's images as None, which its processor call rejects: they become ``[]``."""
+        out = super()._generate(prompts)
+        # (prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images)
+        images = out[6] if isinstance(out, tuple) and len(out) == 8 else None
+        if images is not None and any(x is None for x in images):
+            out = (*out[:6], [[] if x is None else x for x in images], *out[7:])
+        return out
+
+    # ----------------------------------------------------------------------------------------------- numerics
+    def _get_grad_norm(self, model, grad_norm=None):
+        """transformers' gradient norm (after clipping, if any), checked before ``optimizer.step()`` applies it."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        fp16_scaler = getattr(self.accelerator, "scaler", None) is not None or (
+            self.is_deepspeed_enabled and self.args.fp16
+        )  # fp16 loss scaling: an inf/NaN gradient is an expected overflow, and the scaler skips that step
+        if grad_norm is None or fp16_scaler or math.isfinite(float(grad_norm)):
+            return grad_norm
+        applied = (
+            "DeepSpeed has applied it already (its engine steps inside backward)"
+            if self.is_deepspeed_enabled
+            else "the optimizer has not applied it: the weights are those before this step"
+        )
+        raise FloatingPointError(
+            f"non-finite gradient norm ({float(grad_norm)}) at step {self.state.global_step + 1}: the backward pass "
+            f"produced NaN/inf gradients; {applied}"
+        )
 
     # ----------------------------------------------------------------------------------------------- run folder
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
@@ -625,27 +494,13 @@ class PGPOTrainer(GRPOTrainer):
         try:
             super().save_model(output_dir, _internal_call)
         except OSError as err:
-            run_dir, step = self.args.output_dir, self.state.global_step
-            last = ckpt.previous_checkpoint(os.path.join(run_dir, f"checkpoint-{step + 1}"))
             strategy = getattr(self.args.save_strategy, "value", self.args.save_strategy)
-            where = (
-                f"the last checkpoint is {last} (step {last.rsplit('-', 1)[1]} of {step})"
-                if last
-                else f"there is no checkpoint in {run_dir} (save_strategy={strategy}): the trained weights are not on disk"
-            )
-            message = f"saving the model to {output_dir or run_dir} failed: {err.strerror or err}; {where}"
-            raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
+            raise ckpt.save_failure(err, output_dir, self.args.output_dir, self.state.global_step, strategy) from err
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if model is not None or self.is_fsdp_enabled or self.is_deepspeed_enabled:  # their own checkpoint formats
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        args, folder = self.args, resume_from_checkpoint
-        ckpt.check_checkpoint_files(folder, ckpt.is_peft_model(self.model), args.process_index, args.world_size)
-        step = ckpt.read_json(os.path.join(folder, ckpt.TRAINER_STATE_FILE))["global_step"]
-        ckpt.check_resume_step(
-            folder, step, args.gradient_accumulation_steps, args.steps_per_generation, self.num_iterations
-        )
-        ckpt.load_checkpoint(self.model, folder)
+        ckpt.resume_weights(self.model, resume_from_checkpoint, self.args, self.num_iterations)
 
     def _load_best_model(self):
         if self.is_fsdp_enabled or self.is_deepspeed_enabled or is_sagemaker_mp_enabled():

@@ -79,8 +79,8 @@ def test_papo_mask_on_the_raw_image_one_mask_per_prompt():
     assert abs(frac - 0.6) < 0.03
 
 
-def _ctx(logps, masked, mask, accumulation=1.0):
-    return LossContext(logps=logps, mask=mask, inputs={"masked_image_logps": masked}, accumulation=accumulation)
+def _ctx(logps, masked, mask):
+    return LossContext(logps=logps, mask=mask, inputs={"masked_image_logps": masked})
 
 
 def test_papo_and_entropy_terms_by_hand():
@@ -91,8 +91,8 @@ def test_papo_and_entropy_terms_by_hand():
     d = [-0.5, 0.0, -20.0, 2.0, -3.0]
     k = [min(math.exp(x) - x - 1, 10.0) for x in d]
     kl = sum(k) / 5
-    term, metrics = get_loss_term("papo_perception").fn(_ctx(logps, masked, mask, accumulation=2.0), 0.01)
-    assert term.item() == pytest.approx(-0.01 * kl / 2) and metrics["perception_kl"] == pytest.approx(kl)
+    term, metrics = get_loss_term("papo_perception").fn(_ctx(logps, masked, mask), 0.01)  # unscaled: the trainer scales
+    assert term.item() == pytest.approx(-0.01 * kl) and metrics["perception_kl"] == pytest.approx(kl)
     term.backward()
     assert logps.grad is not None and logps.grad[1, 2] == 0  # padding gets no gradient
     entropy, m = get_loss_term("entropy_penalty").fn(_ctx(logps, masked, mask), 0.06)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pgpo.dependency import dropout_free, dropout_sites, sampled_token_logps, score_batch
+from pgpo.dependency import BlindPass, dropout_free, dropout_sites, sampled_token_logps, score_batch
 
 T = 6
 
@@ -78,11 +78,11 @@ def test_score_batch_is_dropout_free(lora_qwen, estimator):
     batch = _batch(processor)
     policy.train()
     before = _modes(policy)
-    first = score_batch(policy, batch, T, estimator=estimator)
-    second = score_batch(policy, batch, T, estimator=estimator)
+    first = score_batch(policy, batch, T, BlindPass(estimator))
+    second = score_batch(policy, batch, T, BlindPass(estimator))
     assert torch.equal(first, second)
     plain.train()
-    torch.testing.assert_close(first, score_batch(plain, batch, T, estimator=estimator), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(first, score_batch(plain, batch, T, BlindPass(estimator)), atol=1e-6, rtol=1e-5)
     assert _modes(policy) == before and policy.training
     assert first.sum() > 0
 

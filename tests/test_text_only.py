@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from reference.masked import literal_masked_logps, make_batch
 
-from pgpo.dependency import sampled_token_logps, score_batch
+from pgpo.dependency import BlindPass, sampled_token_logps, score_batch
 from pgpo.text_only import (
     ImageTokenSpec,
     blind_batch,
@@ -114,7 +114,7 @@ def test_score_batch_k3_and_kl(eager_qwen):
     model, processor = eager_qwen
     batch, T, cmask = make_batch(processor, ROWS, COMPLETIONS)
     for estimator in ("k3", "kl"):
-        s = score_batch(model, batch, T, estimator=estimator, pad_token_id=processor.tokenizer.pad_token_id)
+        s = score_batch(model, batch, T, BlindPass(estimator, pad_token_id=processor.tokenizer.pad_token_id))
         assert s.shape == (3, T) and (s >= 0).all() and torch.isfinite(s).all()
         assert (s[~cmask.bool()] == 0).all()
         assert s[:2][cmask[:2].bool()].sum() > 0
@@ -205,5 +205,5 @@ def test_blank_mode_keeps_ids_and_zeroes_pixels(tiny_qwen):
     batch, T, cmask = make_batch(processor, ROWS[:2], COMPLETIONS[:2])
     text = counterfactual_batch(batch, T, "blank", image_token_spec(model.config))
     assert torch.equal(text["input_ids"], batch["input_ids"]) and (text["pixel_values"] == 0).all()
-    s = score_batch(model, batch, T, text_only_mode="blank")
+    s = score_batch(model, batch, T, BlindPass(text_only_mode="blank"))
     assert torch.isfinite(s).all() and (s >= 0).all()

@@ -167,7 +167,7 @@ def test_trainer_dependency_equals_the_library_score_batch(tmp_path):
     """The trainer's scores (TRL's fused head, micro-batched) == pgpo.dependency.score_batch on the same batch.
 
     In float32: TRL's configs default to bf16 autocast (on the CPU too), under which both sides carry bf16 noise."""
-    from pgpo.dependency import score_batch
+    from pgpo.dependency import BlindPass, score_batch
 
     trainer = make_trainer(tmp_path, "pgpo", dependency_from_training_forward=False, bf16=False)
     captured = {}
@@ -186,7 +186,8 @@ def test_trainer_dependency_equals_the_library_score_batch(tmp_path):
     # the weights of the last generation batch are those after step 1; score with a copy of them
     ref_model = make_trainer(tmp_path / "ref", "pgpo", dependency_from_training_forward=False, max_steps=1, bf16=False)
     ref_model.train()
-    ref = score_batch(ref_model.model, batch, out["completion_ids"].shape[1], temperature=ref_model.temperature)
+    blind = BlindPass(temperature=ref_model.temperature)
+    ref = score_batch(ref_model.model, batch, out["completion_ids"].shape[1], blind)
     torch.testing.assert_close(captured["scores"], ref, atol=1e-5, rtol=1e-4)
 
 
@@ -448,3 +449,61 @@ def test_frac_above_10_is_logged_and_the_same_with_or_without_the_clamp():
         PGPOTrainer._log_dependency(fake, scores, mask, "train")
         fracs.append(fake._metrics["train"]["dependency/frac_above_10"])
     assert fracs == [[pytest.approx(2 / 7)]] * 2  # d = +5.5 (S = 238) and d = -12 (S = 11); padding not counted
+
+
+# ----------------------------------------------------------------------------------------------- extending
+# A new loss term is one function and its options; a new shaping method is one function, chosen with
+# PGPOConfig(advantage_shaping=...). Each is registered here as a toy and trained for a step.
+
+
+def test_a_toy_loss_term_is_one_function_and_trains_a_step(tmp_path):
+    from pgpo.loss_terms import LOSS_TERMS, masked_mean, register_loss_term
+
+    seen = []
+
+    @register_loss_term("_toy_mean_logp", config=lambda args: 0.5)
+    def toy(ctx, coef):
+        value = coef * masked_mean(ctx.logps, ctx.mask)
+        seen.append(value.item())
+        return value, {"toy_mean_logp": value.item() / coef}
+
+    try:
+        trainer = make_trainer(tmp_path, "dapo", loss_terms=["_toy_mean_logp"], max_steps=1)
+        trainer.train()
+        # The trainer scales the terms once, by the gradient-accumulation steps TRL divides its own loss by.
+        logps = torch.tensor([[-1.0, -3.0]])
+        inputs = {"completion_mask": torch.ones(1, 2)}
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 4
+        assert trainer._loss_terms_value(logps, inputs).item() == pytest.approx(0.5 * -2.0 / 4)
+    finally:
+        LOSS_TERMS.pop("_toy_mean_logp")
+    logs = [h for h in trainer.state.log_history if "loss_terms/_toy_mean_logp" in h]
+    assert seen and logs
+    assert logs[0]["loss_terms/_toy_mean_logp"] == pytest.approx(sum(seen[:-1]) / len(seen[:-1]))  # unscaled
+    assert logs[0]["loss_terms/toy_mean_logp"] == pytest.approx(2 * logs[0]["loss_terms/_toy_mean_logp"])
+
+
+def test_a_toy_shaping_method_set_through_the_config_trains_a_step(tmp_path):
+    from pgpo.shaping import SHAPING_METHODS, ShapingResult, register_shaping
+
+    seen = []
+
+    @register_shaping("_toy_half", config=lambda args: 0.5)
+    def half(advantages, dependency, mask, cfg):
+        seen.append(dependency.shape)
+        w = mask.to(advantages.dtype) * cfg
+        return ShapingResult(
+            advantages=advantages[:, None] * w, weights=w, gate=torch.zeros_like(mask, dtype=torch.bool)
+        )
+
+    try:
+        trainer = make_trainer(tmp_path, "pgpo", advantage_shaping="_toy_half", max_steps=1)
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+    finally:
+        SHAPING_METHODS.pop("_toy_half")
+    assert seen and all(len(shape) == 2 for shape in seen)  # [B, T] dependency, per micro-batch or per generation
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    logs = [h for h in trainer.state.log_history if "shaping/gated_frac" in h]
+    assert logs and logs[0]["shaping/gated_frac"] == 0.0 and logs[0]["shaping/weight_ungated"] == pytest.approx(0.5)

@@ -18,7 +18,7 @@ import torch
 
 from pgpo.bench.inputs import model_inputs, scored_batch
 from pgpo.bench.measure import MiB, timed
-from pgpo.dependency import sampled_token_logps, score_batch
+from pgpo.dependency import BlindPass, sampled_token_logps, score_batch
 from pgpo.text_only import counterfactual_batch, image_pass_position_ids, image_token_spec
 
 # float32 [tokens, V] tensors alive at the naive KL's peak: two logits, two log-softmaxes, p and the product.
@@ -44,13 +44,14 @@ def candidates(model, batch: dict, mask: torch.Tensor, T: int, chunk: int, naive
     """Zero-argument callables of every estimator at one length (all no-grad)."""
     image_logps = sampled_token_logps(model, batch, T, chunk_size=chunk)  # what the training forward hands PGPO
 
-    def score(**kw):
-        return score_batch(model, batch, T, completion_mask=mask, chunk_size=chunk, **kw)
+    def score(estimator, image_logps=None):
+        blind = BlindPass(estimator, chunk_size=chunk)
+        return score_batch(model, batch, T, blind, image_logps, completion_mask=mask)
 
     fns = {
-        "k3": lambda: score(estimator="k3", image_logps=image_logps),
-        "k3_own_pass": lambda: score(estimator="k3"),
-        "kl": lambda: score(estimator="kl"),
+        "k3": lambda: score("k3", image_logps=image_logps),
+        "k3_own_pass": lambda: score("k3"),
+        "kl": lambda: score("kl"),
     }
     if naive:
         spec = image_token_spec(model.config)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pgpo.dependency import sampled_token_logps, score_batch
+from pgpo.dependency import BlindPass, sampled_token_logps, score_batch
 from pgpo.inspection.tokens import batch_to_device, decode_tokens, model_device_dtype
 from pgpo.shaping.pgpo import PGPOShapingConfig, pgpo_weights
 from pgpo.tasks.hf import DEFAULT_PROMPT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, to_messages
@@ -230,17 +230,8 @@ def measure_perception(
         batch = batch_to_device(batch, device, dtype)
         comp_mask = mask.to(device)
         logps = sampled_token_logps(model, batch, T, temperature)
-        dep = score_batch(
-            model,
-            batch,
-            T,
-            estimator="k3",
-            temperature=temperature,
-            text_only_mode="mask",
-            completion_mask=comp_mask,
-            image_logps=logps,
-            pad_token_id=pad_id,
-        )
+        blind = BlindPass("k3", "mask", temperature, pad_token_id=pad_id)
+        dep = score_batch(model, batch, T, blind, image_logps=logps, completion_mask=comp_mask)
         weights, imp = pgpo_weights(dep, comp_mask, shaping)
         dep, imp, weights = (x.double().cpu() for x in (dep, imp, weights))
         for b, (s, (ids, labels)) in enumerate(zip(chunk, rows)):

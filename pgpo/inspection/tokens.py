@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from pgpo.data import build_messages
-from pgpo.dependency import ESTIMATORS, sampled_token_logps, score_batch
+from pgpo.dependency import ESTIMATORS, BlindPass, sampled_token_logps, score_batch
 from pgpo.metrics import gate_summary, gate_sums, top_share
 from pgpo.shaping import PGPOShapingConfig, pgpo_weights
 from pgpo.text_only import TEXT_ONLY_MODES
@@ -193,16 +193,8 @@ def score_tokens(
             batch[key] = torch.cat([enc[key], torch.zeros_like(comp)], 1)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     logps = sampled_token_logps(model, batch, T, temperature)
-    scores = score_batch(
-        model,
-        batch,
-        T,
-        estimator=estimator,
-        temperature=temperature,
-        text_only_mode=text_only_mode,
-        image_logps=logps if estimator == "k3" else None,
-        pad_token_id=pad_id,
-    )
+    blind = BlindPass(estimator, text_only_mode, temperature, pad_token_id=pad_id)
+    scores = score_batch(model, batch, T, blind, image_logps=logps if estimator == "k3" else None)
     weights, importance = pgpo_weights(scores, torch.ones_like(comp), shaping)
     return TokenDependency(
         tokens=decode_tokens(tok, ids),
