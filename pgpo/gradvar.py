@@ -171,9 +171,12 @@ class GradVarConfig:
     image_size: int = field(default=0, metadata={"help": "task image size (default: the model's)"})
     reward_funcs: list[str] = field(default_factory=lambda: ["tasks"], metadata={"help": "reward functions by name"})
     params: str = field(default="trainable", metadata={"help": "'trainable' or comma-separated name substrings"})
-    tau: float = field(default=PGPOShapingConfig.tau, metadata={"help": "PGPO's tau (Eq. 6)"})
-    beta: float = field(default=PGPOShapingConfig.beta, metadata={"help": "PGPO's beta (Eq. 6)"})
+    pgpo_tau: float = field(default=PGPOShapingConfig.tau, metadata={"help": "PGPO's tau (Eq. 6)"})
+    pgpo_beta: float = field(default=PGPOShapingConfig.beta, metadata={"help": "PGPO's beta (Eq. 6)"})
     seed: int = field(default=0, metadata={"help": "seed of the prompts and samples"})
+
+    def shaping(self) -> PGPOShapingConfig:
+        return PGPOShapingConfig(tau=self.pgpo_tau, beta=self.pgpo_beta)
 
     def __post_init__(self):
         if self.batches < 2:
@@ -183,7 +186,7 @@ class GradVarConfig:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
-        PGPOShapingConfig(tau=self.tau, beta=self.beta)
+        self.shaping()
         if self.families:
             from pgpo.tasks.families import family_names
 

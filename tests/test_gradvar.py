@@ -24,11 +24,26 @@ def test_running_moments_by_hand():
         one.summary()
 
 
+def test_options_have_pgpo_trains_names(tmp_path, capsys):
+    """``--tau`` / ``--beta`` were gradvar's (and inspect's) names for pgpo train's ``--pgpo_tau`` / ``--pgpo_beta``."""
+    from pgpo.commands.parsing import parse_config
+
+    assert parse_config(GradVarConfig, ["--model", "m", "--pgpo_tau", "0.3"], "pgpo gradvar").pgpo_tau == 0.3
+    (tmp_path / "c.yaml").write_text("beta: 1.0\n")
+    for argv, said in [
+        (["--tau", "0.3"], "--tau is now --pgpo_tau"),
+        (["--config", str(tmp_path / "c.yaml")], "'beta' in"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse_config(GradVarConfig, ["--model", "m", *argv], "pgpo gradvar")
+        assert said in capsys.readouterr().err
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="batches must be >= 2"):
         GradVarConfig(model="tiny-qwen", batches=1)
     with pytest.raises(ValueError, match="pgpo_tau"):
-        GradVarConfig(model="tiny-qwen", tau=2.0)
+        GradVarConfig(model="tiny-qwen", pgpo_tau=2.0)
     with pytest.raises(ValueError, match="unknown"):
         GradVarConfig(model="tiny-qwen", families=["count,nope"])
     assert GradVarConfig(model="tiny-qwen", families=["count,clock"]).families == ["count", "clock"]

@@ -237,7 +237,7 @@ def test_cli_writes_its_three_files(tmp_path, capsys):
     _image().save(img)
     out = tmp_path / "out"
     argv = ["--model", "tiny-qwen", "--image", str(img), "--prompt", "How many?", "--completion", "Two circles."]
-    assert cli.main([*argv, "--tau", "0.2", "--out", str(out)]) == 0
+    assert cli.main([*argv, "--pgpo_tau", "0.2", "--out", str(out)]) == 0
     page = (out / "inspect.html").read_text()
     data = json.loads((out / "tokens.json").read_text())
     assert (out / "inspect.png").stat().st_size > 1000
@@ -272,7 +272,9 @@ def test_cli_bad_inputs_exit_2_with_a_clear_message(tmp_path, capsys):
         (["--image", str(bad), "--prompt", "q"], "cannot read image"),
         (["--image", str(good), "--prompt", "   "], "prompt is empty"),
         (["--image", str(good), "--prompt", "q", "--completion", ""], "completion is empty"),
-        (["--image", str(good), "--prompt", "q", "--tau", "1.5"], "pgpo_tau"),
+        (["--image", str(good), "--prompt", "q", "--pgpo_tau", "1.5"], "pgpo_tau"),
+        (["--image", str(good), "--prompt", "q", "--tau", "0.3"], "--tau is now --pgpo_tau"),
+        (["--image", str(good), "--prompt", "q", "--estimator", "kl"], "--estimator is now --dependency_estimator"),
     ]
     for args, msg in cases:
         try:

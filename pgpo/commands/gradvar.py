@@ -19,7 +19,6 @@ def main(argv: list[str]) -> int:
     from rich.table import Table
 
     from pgpo.gradvar import GradVarConfig, build_gradvar_trainer, gradient_variance
-    from pgpo.shaping import PGPOShapingConfig
 
     cfg = parse_config(GradVarConfig, argv, "pgpo gradvar", repeatable=("--families", "--reward_funcs"))
     console = Console()
@@ -28,7 +27,7 @@ def main(argv: list[str]) -> int:
         result = gradient_variance(
             trainer,
             cfg.batches,
-            PGPOShapingConfig(tau=cfg.tau, beta=cfg.beta),
+            cfg.shaping(),
             cfg.params,
             progress=lambda k, n: status.update(f"rollout batch {k}/{n}"),
         )

@@ -38,6 +38,10 @@ def snake_case_flags(argv: list[str]) -> list[str]:
     return ["--" + a[2:].replace("-", "_") if a.startswith("--") and "=" not in a else a for a in argv]
 
 
+# Options renamed so that one option has one name across commands (PGPOConfig's, as in `pgpo train`).
+RENAMED = {"tau": "pgpo_tau", "beta": "pgpo_beta", "estimator": "dependency_estimator"}
+
+
 def parse_config(cls: type[T], argv: list[str], prog: str, repeatable: tuple[str, ...] = ()) -> T:
     """Parse ``argv`` into ``cls``; errors in the dataclass's own checks exit with status 2 and ``prog: error: ...``.
 
@@ -47,18 +51,25 @@ def parse_config(cls: type[T], argv: list[str], prog: str, repeatable: tuple[str
 
     from transformers import HfArgumentParser
 
+    options = [f.name for f in fields(cls)]
+    renamed = {old: new for old, new in RENAMED.items() if new in options and old not in options}
     parser = HfArgumentParser(cls, prog=prog, description=(cls.__doc__ or "").strip().splitlines()[0])
     pre = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     config, argv = pre.parse_known_args(merge_repeated(snake_case_flags(argv), repeatable))
     try:
+        for flag in argv:
+            name = flag[2:].split("=")[0] if flag.startswith("--") else None
+            if name in renamed:
+                raise ValueError(f"--{name} is now --{renamed[name]} (the name pgpo train uses)")
         if config.config:
             import yaml
 
             with open(config.config) as f:
                 defaults = yaml.safe_load(f) or {}
-            options = [f.name for f in fields(cls)]
             for key in defaults:
+                if key in renamed:
+                    raise ValueError(f"{key!r} in {config.config} is now {renamed[key]!r} (the name pgpo train uses)")
                 if key not in options:
                     close = difflib.get_close_matches(str(key), options, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -21,12 +21,14 @@ class InspectConfig:
     out: str = field(metadata={"help": "output folder (inspect.html, inspect.png, tokens.json)"})
     completion: str | None = field(default=None, metadata={"help": "answer to score (default: generate it greedily)"})
     max_new_tokens: int = field(default=64, metadata={"help": "generation budget without --completion"})
-    estimator: Literal["k3", "kl"] = field(default="k3", metadata={"help": "dependency estimator (the paper's: k3)"})
+    dependency_estimator: Literal["k3", "kl"] = field(
+        default="k3", metadata={"help": "dependency estimator (the paper's: k3)"}
+    )
     text_only_mode: Literal["mask", "remove_reindex", "blank"] = field(
         default="mask", metadata={"help": "the blind pass (the paper's: mask, positions kept)"}
     )
-    tau: float = field(default=PGPOShapingConfig.tau, metadata={"help": "PGPO's gate on I (Eq. 6)"})
-    beta: float = field(default=PGPOShapingConfig.beta, metadata={"help": "PGPO's amplification (Eq. 6)"})
+    pgpo_tau: float = field(default=PGPOShapingConfig.tau, metadata={"help": "PGPO's gate on I (Eq. 6)"})
+    pgpo_beta: float = field(default=PGPOShapingConfig.beta, metadata={"help": "PGPO's amplification (Eq. 6)"})
     temperature: float = field(default=1.0, metadata={"help": "the rollouts' temperature (both passes)"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
 
@@ -45,7 +47,7 @@ class InspectConfig:
             raise ValueError(f"--out {out} exists and is not a folder")
 
     def shaping(self) -> PGPOShapingConfig:
-        return PGPOShapingConfig(tau=self.tau, beta=self.beta)
+        return PGPOShapingConfig(tau=self.pgpo_tau, beta=self.pgpo_beta)
 
 
 def load_images(paths: list[str]) -> list:
@@ -121,7 +123,7 @@ def inspect_answer(cfg: InspectConfig, model=None, processor=None):
         cfg.prompt,
         cfg.completion,
         max_new_tokens=cfg.max_new_tokens,
-        estimator=cfg.estimator,
+        estimator=cfg.dependency_estimator,
         text_only_mode=cfg.text_only_mode,
         temperature=cfg.temperature,
         shaping=cfg.shaping(),
