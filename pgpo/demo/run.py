@@ -19,7 +19,14 @@ from pathlib import Path
 
 import torch
 
-from pgpo.demo.warmstart import DEMO_WARM_STARTS, WarmStartConfig, held_out_split, validation_split, warm_start
+from pgpo.demo.warmstart import (
+    DEMO_WARM_STARTS,
+    WarmStartConfig,
+    evaluate_warm_start,
+    held_out_split,
+    validation_split,
+    warm_start,
+)
 
 RL_TRAIN = ("all", "projector")
 EVAL_SPLITS = ("test", "val")
@@ -151,32 +158,16 @@ def samples(split: str, n: int, cfg: DemoConfig, salt: int = 0):
 
 def evaluate_accuracy(model, processor, samples, batch_size: int = 32, max_new_tokens: int = 48) -> dict:
     """Greedy accuracy, overall and per task family (answers checked by :func:`pgpo.tasks.check`), and the mean
-    completion length in tokens."""
-    from pgpo.eval.generation import GenerationRequest, HFGenerator
-    from pgpo.tasks import check
-    from pgpo.tasks.hf import to_messages
-
-    gen = HFGenerator(model, processor, temperature=0.0, max_new_tokens=max_new_tokens)
-    correct: dict[str, list[bool]] = {}
-    lengths = []
-    tok = getattr(processor, "tokenizer", processor)
+    completion length in tokens: :func:`pgpo.demo.warmstart.evaluate_warm_start` without sampling (the one task
+    evaluator); the model's train / eval mode is restored."""
     was_training = model.training
-    model.eval()
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        outs = gen.generate([GenerationRequest(to_messages(s), [s["image"]]) for s in chunk])
-        for s, out in zip(chunk, outs):
-            text = out if isinstance(out, str) else str(out)
-            correct.setdefault(s["family"], []).append(check(s, text))
-            lengths.append(len(tok(text, add_special_tokens=False)["input_ids"]))
+    result = evaluate_warm_start(model, processor, samples, k=0, batch_size=batch_size, max_new_tokens=max_new_tokens)
     model.train(was_training)
-    per_family = {f: sum(v) / len(v) for f, v in sorted(correct.items())}
-    flat = [c for v in correct.values() for c in v]
     return {
-        "accuracy": sum(flat) / len(flat),
-        "per_family": per_family,
-        "n": len(flat),
-        "mean_completion_tokens": sum(lengths) / max(len(lengths), 1),
+        "accuracy": result["accuracy"],
+        "per_family": result["per_family"],
+        "n": result["n"],
+        "mean_completion_tokens": result["completion_tokens"],
     }
 
 

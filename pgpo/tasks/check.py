@@ -20,6 +20,7 @@ from typing import Any
 from math_verify import parse, verify
 
 from pgpo.answers import last_boxed
+from pgpo.rewards import completion_text
 from pgpo.tasks.easyvqa import EASY_VQA_VOCABULARY
 from pgpo.tasks.families import FAMILIES
 
@@ -135,18 +136,6 @@ def check(target: Mapping[str, Any] | str, predicted: str, answer: str | None = 
     if kind == "letter":
         return mentioned_letters(cand, sorted(vocab)) == {gold.upper()}
     return mentioned(cand, sorted(vocab)) == {gold.lower()}
-
-
-def completion_text(completion: Any) -> str:
-    """The text of a TRL completion: a string, or conversational messages (last message's text parts)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Sequence) and completion:
-        content = completion[-1].get("content", "") if isinstance(completion[-1], Mapping) else completion[-1]
-        if isinstance(content, str):
-            return content
-        return "".join(p.get("text") or "" for p in content if isinstance(p, Mapping))
-    return ""
 
 
 def correctness_reward(
