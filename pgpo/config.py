@@ -50,6 +50,12 @@ FINITE_OPTIONS = (
 SHAPEABLE_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
 
 
+def _bf16_gpu() -> bool:
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    return is_torch_bf16_gpu_available()
+
+
 @dataclass
 class PGPOConfig(GRPOConfig):
     """Configuration of :class:`pgpo.trainer.PGPOTrainer`. All of ``GRPOConfig``'s options apply unchanged."""
@@ -215,6 +221,10 @@ class PGPOConfig(GRPOConfig):
             self.activation_checkpointing = self.gradient_checkpointing
             if self.activation_checkpointing_kwargs is None:
                 self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
+        # TRL turns bf16 on when it is left unset, and transformers then refuses a machine without a bf16 GPU ("Your
+        # setup doesn't support bf16/gpu"): there, unset means fp32, so PGPOConfig(output_dir=...) works as typed.
+        if self.bf16 is None and not self.fp16 and not self.use_cpu and not _bf16_gpu():
+            self.bf16 = False
         super().__post_init__()
         get_shaping(self.advantage_shaping)  # unknown names: ValueError listing the registered ones
         choices = {

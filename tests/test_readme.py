@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SHARED = "shared setup"  # the first row of the preset table: PAPER_SETUP
 HUB_MODEL = re.compile(r"""(["'])Qwen/Qwen[\w.-]+\1""")
-# As typed, where there is a GPU; on a CPU-only machine plus use_cpu (TRL's bf16=True default is refused there).
-AS_TYPED = {} if torch.cuda.is_available() else {"use_cpu": True}
+# Exactly as typed, on any machine (PGPOConfig reads an unset bf16 as fp32 where there is no bf16 GPU).
+AS_TYPED: dict = {}
 # A test's sizes: one step of 2 prompts x 2 completions of 4 tokens on the CPU, into a new folder. A random model earns
 # no reward, so dynamic sampling fills the batch after one round instead of raising.
 SMALL = dict(

@@ -278,3 +278,12 @@ def test_the_trainer_applies_the_rule_for_python_users(tmp_path, tiny_qwen):
     trainer = python_trainer(*tiny_qwen, tmp_path)
     with pytest.raises(ValueError, match="files pgpo did not write: notes.txt"):
         trainer.train()
+
+
+def test_a_config_as_typed_works_on_a_machine_without_a_bf16_gpu(tmp_path, monkeypatch):
+    """TRL's bf16 default made ``PGPOConfig(output_dir=...)`` fail on the CPU ("Your setup doesn't support bf16/gpu")."""
+    from pgpo.config import PGPOConfig
+
+    monkeypatch.setattr("pgpo.config._bf16_gpu", lambda: False)
+    assert PGPOConfig(output_dir=str(tmp_path)).bf16 is False
+    assert PGPOConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is True  # asked for the CPU: TRL's default stands
