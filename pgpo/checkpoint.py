@@ -18,6 +18,8 @@ every tensor.
   (JSON parsed, the CRC-32s of torch archives verified, safetensors headers checked against the file size); errors
   name the file and the previous checkpoint folder to try. A missing RNG state only warns (the run goes on, but
   does not sample what the uninterrupted run would have).
+* :func:`restoring_optimizer`, :func:`restoring_rng` -- ``Trainer``'s own optimizer / scheduler and RNG loads, their
+  failures turned into a :class:`CheckpointError` that names the files.
 * :func:`write_pgpo_state`, :func:`read_pgpo_state` -- pgpo's running statistics and the dynamic-sampling refill
   position (``pgpo_state.json``); a checkpoint without them warns that the statistics restart.
 * :func:`generation_period`, :func:`check_save_schedule`, :func:`check_resume_step` -- TRL generates one batch of
@@ -36,6 +38,7 @@ import os
 import re
 import warnings
 import zipfile
+from contextlib import contextmanager
 from copy import deepcopy
 
 import torch
@@ -260,6 +263,28 @@ def resume_weights(model, folder: str, args, num_iterations: int) -> None:
     step = read_json(os.path.join(folder, TRAINER_STATE_FILE))["global_step"]
     check_resume_step(folder, step, args.gradient_accumulation_steps, args.steps_per_generation, num_iterations)
     load_checkpoint(model, folder)
+
+
+@contextmanager
+def restoring_optimizer(checkpoint: str):
+    """Around ``Trainer._load_optimizer_and_scheduler``: any failure is a :class:`CheckpointError` naming both files."""
+    try:
+        yield
+    except Exception as e:
+        files = f"{os.path.join(checkpoint, 'optimizer.pt')} / {os.path.join(checkpoint, 'scheduler.pt')}"
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: cannot restore the optimizer and schedule from {files}: {e}"
+        ) from e
+
+
+@contextmanager
+def restoring_rng(checkpoint: str, world_size: int, process_index: int):
+    """Around ``Trainer._load_rng_state``: any failure is a :class:`CheckpointError` naming this process's file."""
+    try:
+        yield
+    except Exception as e:
+        name = "rng_state.pth" if world_size <= 1 else f"rng_state_{process_index}.pth"
+        raise unreadable(os.path.join(checkpoint, name), f"cannot be restored ({type(e).__name__}: {e})") from e
 
 
 def write_pgpo_state(folder: str | os.PathLike, grad_norm_stats: dict, refill: dict | None = None) -> None:

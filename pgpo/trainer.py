@@ -24,48 +24,51 @@ aggregations, accelerate / DeepSpeed / FSDP, PEFT, checkpoints, logging — is T
 2. One step, top to bottom, in two TRL seams: :meth:`PGPOTrainer._generate_and_score_completions` (a generation
    batch: DAPO's rounds (:mod:`pgpo.sampling`), the loss terms' rollout inputs, then the dependency and the shaping
    unless the training forward does them) and :meth:`PGPOTrainer._compute_loss` (a micro-batch: TRL's loss plus the
-   loss terms, scaled once). The blind pass's options are one :class:`pgpo.dependency.BlindPass`; both passes' log-probs
-   come from TRL's own model call (fused LM head, rollout temperature), so both sides use one kernel.
+   loss terms, scaled once). The scoring passes are :class:`pgpo.scoring.Scorer`, with the run's blind pass (one
+   :class:`pgpo.dependency.BlindPass`): both passes' log-probs come from TRL's own model call (fused LM head, rollout
+   temperature), so both sides use one kernel.
 3. TRL's per-response advantages ``[B]`` become the registered shaping method's per-token ``[B, T]``
    (:mod:`pgpo.shaping`, :meth:`PGPOTrainer._shape_advantages`), which TRL's ``_compute_loss`` takes as they are.
 4. Metrics (:mod:`pgpo.metrics`); faults (docs/reliability.md): inputs checked at start (:mod:`pgpo.validation`), a
-   non-finite loss or gradient norm raises ``FloatingPointError`` naming the step before the optimizer applies it,
-   batches mixing rows with and without an image train (a text-only row's dependency is 0).
+   non-finite loss or gradient norm raises ``FloatingPointError`` naming the step before the optimizer applies it
+   (:func:`pgpo.validation.check_loss`, :func:`~pgpo.validation.check_grad_norm`), batches mixing rows with and without
+   an image train (a text-only row's dependency is 0); a checkpoint restores exactly or names its file
+   (:mod:`pgpo.checkpoint`).
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import math
 import os
 import warnings
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
 from transformers.utils import is_sagemaker_mp_enabled
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
 
 from pgpo import checkpoint as ckpt
 from pgpo import metrics
 from pgpo.config import PGPOConfig
-from pgpo.dependency import BlindPass, dropout_free, dropout_sites, score_batch, unwrap
+from pgpo.dependency import BlindPass, dropout_sites, unwrap
 from pgpo.loss_terms import LossContext, LossTerms, Rollouts, loss_mask
+from pgpo.models.load import reference_is_a_copy
 from pgpo.rewards import check_group_statistics
 from pgpo.run_folder import Run, claim_run_folder, mark_checkpoint, model_name, run_settings
 from pgpo.sampling import trainer_sampler
-from pgpo.text_only import (
-    IMAGE_KEYS,
-    PER_TOKEN_KEYS,
-    allow_text_only_micro_batches,
-    black_pixel,
-    image_token_spec,
-    zero_text_only_rows,
+from pgpo.scoring import Scorer
+from pgpo.text_only import allow_text_only_micro_batches, black_pixel, image_token_spec, zero_text_only_rows
+from pgpo.validation import (
+    check_for_processor,
+    check_free_space,
+    check_grad_norm,
+    check_loss,
+    check_output_dir,
+    named_reward,
+    validate_dataset,
 )
-from pgpo.validation import check_for_processor, check_free_space, check_output_dir, named_reward, validate_dataset
 
 logger = logging.getLogger(__name__)
 # TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` alias inside its own calls
@@ -73,12 +76,6 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEPENDENCY_SOURCES = ("none", "trl_old_logps", "training_forward", "own_pass")
-# The keyword arguments TRL's _get_per_token_logps_and_entropies takes for the image tensors.
-TRL_FORWARD_KEYS = tuple(
-    p
-    for p in inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters
-    if p in IMAGE_KEYS + PER_TOKEN_KEYS
-)
 
 
 def dependency_source(args: PGPOConfig, *, dropout: bool, trl_old_logps_pass: bool) -> str:
@@ -100,44 +97,6 @@ def _append(store: dict, prefix: str, values: dict[str, float]) -> None:
         store[f"{prefix}/{key}"].append(value)
 
 
-class _MicroBatchScorer:
-    """Stands in for the model in TRL's ``_get_per_token_logps_and_entropies``, so that TRL slices the batch and its
-    image tensors per micro-batch; each sliced micro-batch is scored with the exact KL (``dependency_estimator="kl"``).
-    """
-
-    def __init__(self, trainer: PGPOTrainer, logits_to_keep: int):
-        self.trainer, self.logits_to_keep = trainer, logits_to_keep
-        self.scores: list[torch.Tensor] = []
-
-    def __call__(self, input_ids, attention_mask, labels=None, fused_lm_head=None, **kwargs):
-        kwargs.pop("output_router_logits", None)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
-        self.scores.append(self.trainer._score(batch, self.logits_to_keep))
-        return SimpleNamespace(log_probs=input_ids.new_zeros(input_ids.shape, dtype=torch.float32), entropy=None)
-
-
-@contextmanager
-def _reference_is_a_copy(model, config, peft_config):
-    """A policy passed as a model instance gets a copy of itself as the reference model (``beta > 0``, no PEFT).
-
-    TRL rebuilds the reference from ``model.config._name_or_path`` (``create_model_from_path``, with transformers'
-    auto classes), which fails for a model built in memory (``tiny-qwen``, ``demo-vlm``) or one whose class
-    transformers does not know (pgpo's demo VLM: ``'PGPOVLMConfig' object has no attribute 'auto_map'``), and gives a
-    reference other than the policy for an instance changed after loading. The copy is the policy as passed."""
-    import trl.trainer.grpo_trainer as grpo
-
-    instance = isinstance(model, torch.nn.Module) and not ckpt.is_peft_model(model)
-    if not instance or not getattr(config, "beta", 0.0) or peft_config is not None:
-        yield
-        return
-    reference, build = copy.deepcopy(model), grpo.create_model_from_path
-    grpo.create_model_from_path = lambda *args, **kwargs: reference
-    try:
-        yield
-    finally:
-        grpo.create_model_from_path = build
-
-
 class PGPOTrainer(GRPOTrainer):
     """GRPO / DAPO / Dr.GRPO (``advantage_shaping='none'``), PGPO (``'pgpo'``) or VPPO (``'vppo'``) on TRL.
 
@@ -154,7 +113,7 @@ class PGPOTrainer(GRPOTrainer):
             train_dataset = validate_dataset(
                 train_dataset, processor=processor, model=model if isinstance(model, torch.nn.Module) else None
             )
-        with _reference_is_a_copy(model, config, kwargs.get("peft_config")):
+        with reference_is_a_copy(model, config, kwargs.get("peft_config")):
             super().__init__(*args, train_dataset=train_dataset, **kwargs)
         if train_dataset is not None and processor is None:  # TRL loaded the processor: its checks now
             check_for_processor(train_dataset, self.processing_class, self.model)
@@ -170,25 +129,25 @@ class PGPOTrainer(GRPOTrainer):
         self._shaping, self._shaping_config = self.args.shaping, self.args.shaping_config()
         self._image_spec = self._read_image_spec()
         image_processor = getattr(self.processing_class, "image_processor", None)
-        self._blind_pass = BlindPass.from_config(
+        blind = BlindPass.from_config(
             self.args,
             spec=self._image_spec,
             pad_token_id=self._tokenizer.pad_token_id or 0,
             black=black_pixel(image_processor) if image_processor is not None else torch.zeros(3),
         )
+        self._scorer = Scorer(self, blind)  # the scoring passes, through TRL's log-prob kernel (pgpo.scoring)
         self.dropout_sites = dropout_sites(self.model)  # what drops while the policy trains ([]: nothing)
         self.dependency_source = self._choose_dependency_source()
         logger.info(
             "PGPO: advantage_shaping=%s, %s, p_image from %s; every scoring pass runs dropout-free (eval mode)%s",
             self.args.advantage_shaping,
-            self._blind_pass.describe(),
+            blind.describe(),
             self.dependency_source,
             self._dropout_note(),
         )
         self._loss_terms = LossTerms.from_config(self.args)
         self._sampler = self._build_sampler() if self.args.dynamic_sampling else None
         self._grad_norm_stats = metrics.RunningMoments()
-        self._scoring_batch_size: int | None = None  # set while a scoring pass runs (_scoring)
         self._forward: SimpleNamespace | None = None  # the micro-batch whose training forward is in progress
 
     # ----------------------------------------------------------------------------------------------- the plan
@@ -242,7 +201,7 @@ class PGPOTrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         output.update(self._loss_terms.rollout_inputs(self._rollouts(output, inputs)))
         if self.dependency_source in ("trl_old_logps", "own_pass"):
-            self._shape_advantages(output, self._dependency(output, self._image_logps(output)), mode)
+            self._shape_advantages(output, self._scorer.dependency(output, self._image_logps(output)), mode)
         return output
 
     def _compute_loss(self, model, inputs):
@@ -255,12 +214,7 @@ class PGPOTrainer(GRPOTrainer):
             self._forward = None
         if self._loss_terms:
             loss = loss + self._loss_terms_value(forward.logps, inputs)
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: the model produced NaN/inf "
-                "log-probabilities or the advantages are not finite; nothing was applied from this step"
-            )
-        return loss
+        return check_loss(loss, self.state.global_step + 1)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         out = super()._get_per_token_logps_and_entropies(
@@ -273,7 +227,7 @@ class PGPOTrainer(GRPOTrainer):
             # (num_iterations > 1 with no old-log-prob pass) is shaped already.
             if self.dependency_source == "training_forward" and forward.inputs["advantages"].dim() == 1:
                 mode = "train" if self.model.training else "eval"
-                self._shape_advantages(forward.inputs, self._dependency(forward.inputs, out[0].detach()), mode)
+                self._shape_advantages(forward.inputs, self._scorer.dependency(forward.inputs, out[0].detach()), mode)
         return out
 
     def _loss_terms_value(self, logps: torch.Tensor, inputs: dict) -> torch.Tensor:
@@ -315,68 +269,14 @@ class PGPOTrainer(GRPOTrainer):
         self._log_shaping(result, mask, mode)
 
     # ----------------------------------------------------------------------------------------------- scoring
-    def _generator(self, *salt: int) -> torch.Generator:
-        """A generator seeded by the run's seed, the step, the process and ``salt``: reproducible masks."""
-        key = (self.args.seed, self.state.global_step, self.accelerator.process_index, *salt)
-        return torch.Generator().manual_seed(hash(key) % (2**63))
-
     def _rollouts(self, output: dict, rows: list[dict]) -> Rollouts:
+        scorer = self._scorer
         return Rollouts(
-            output, rows, self.args, self.processing_class, self.num_generations, self._sampled_logps, self._generator
+            output, rows, self.args, self.processing_class, self.num_generations, scorer.sampled_logps, scorer.generator
         )
 
     def _image_logps(self, output: dict) -> torch.Tensor | None:
         return output.get("old_per_token_logps") if self.dependency_source == "trl_old_logps" else None
-
-    @contextmanager
-    def _scoring(self):
-        """A scoring pass: dropout-free (:func:`pgpo.dependency.dropout_free`, every module's mode restored after it);
-        yields the micro-batch size of the mode the model was in before (train or eval). Nests."""
-        if self._scoring_batch_size is not None:
-            yield self._scoring_batch_size
-            return
-        args = self.args
-        self._scoring_batch_size = (
-            args.per_device_train_batch_size if self.model.training else args.per_device_eval_batch_size
-        )
-        try:
-            with dropout_free(self.model):
-                yield self._scoring_batch_size
-        finally:
-            self._scoring_batch_size = None
-
-    def _sampled_logps(self, batch: dict, logits_to_keep: int) -> torch.Tensor:
-        """No-grad, dropout-free log-probs of the sampled tokens through TRL's own model call (fused LM head, rollout
-        temperature), one micro-batch at a time. Batches with ``position_ids`` (the blind pass) are called directly;
-        the others go through TRL's ``_get_per_token_logps_and_entropies``, which slices their image tensors."""
-        with (
-            self._scoring() as size,
-            torch.no_grad(),
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-        ):
-            if "position_ids" not in batch:
-                extra = {k: batch[k] for k in TRL_FORWARD_KEYS if k in batch}
-                logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-                    self, self.model, batch["input_ids"], batch["attention_mask"], logits_to_keep, size, **extra
-                )
-                return logps
-            parts = []
-            for start in range(0, batch["input_ids"].shape[0], size):
-                rows = slice(start, start + size)
-                sub = {k: (v[..., rows, :] if k == "position_ids" else v[rows]) for k, v in batch.items()}
-                labels = sub["input_ids"].masked_fill(sub["attention_mask"] == 0, -100)
-                labels[:, :-logits_to_keep] = -100
-                with self.accelerator.autocast():
-                    out = self.model(**sub, labels=labels, fused_lm_head=True)
-                parts.append(out.log_probs[:, -logits_to_keep:].float())
-            return torch.cat(parts)
-
-    def _score(self, batch: dict, logits_to_keep: int, image_logps=None) -> torch.Tensor:
-        """:func:`pgpo.dependency.score_batch` with this run's blind pass and TRL's log-prob kernel."""
-        logps = lambda b: self._sampled_logps(b, logits_to_keep)  # noqa: E731
-        return score_batch(
-            self.model, batch, logits_to_keep, self._blind_pass, image_logps, logps, generator=self._generator(0)
-        )
 
     def generate_and_score(self, rows: list[dict]) -> dict:
         """One generation batch as training sees it: rollouts of ``rows`` (each prompt repeated ``num_generations``
@@ -388,24 +288,7 @@ class PGPOTrainer(GRPOTrainer):
         estimator and blind pass, scored by the current weights, dropout-free."""
         if self._image_spec is None:
             raise ValueError("visual dependency needs a vision-language model (no image token id in its config)")
-        return self._dependency(inputs, self._image_logps(inputs))
-
-    def _dependency(self, inputs: dict, image_logps: torch.Tensor | None = None) -> torch.Tensor:
-        """Visual dependency ``[B, T]`` of a generation batch (TRL's output dict) or of one training micro-batch."""
-        batch = {k: inputs[k] for k in TRL_FORWARD_KEYS if k in inputs}
-        batch["input_ids"] = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        batch["attention_mask"] = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        T = inputs["completion_ids"].shape[1]
-        with self._scoring() as size:
-            if self._blind_pass.estimator != "kl":
-                return self._score(batch, T, image_logps=image_logps)
-            scorer = _MicroBatchScorer(self, T)
-            extra = {k: batch[k] for k in TRL_FORWARD_KEYS if k in batch}
-            with torch.no_grad():
-                GRPOTrainer._get_per_token_logps_and_entropies(
-                    self, scorer, batch["input_ids"], batch["attention_mask"], T, size, **extra
-                )
-            return torch.cat(scorer.scores)
+        return self._scorer.dependency(inputs, self._image_logps(inputs))
 
     # ----------------------------------------------------------------------------------------------- metrics
     def _gathered(self, values: torch.Tensor) -> torch.Tensor:
@@ -447,17 +330,8 @@ class PGPOTrainer(GRPOTrainer):
         fp16_scaler = getattr(self.accelerator, "scaler", None) is not None or (
             self.is_deepspeed_enabled and self.args.fp16
         )  # fp16 loss scaling: an inf/NaN gradient is an expected overflow, and the scaler skips that step
-        if grad_norm is None or fp16_scaler or math.isfinite(float(grad_norm)):
-            return grad_norm
-        applied = (
-            "DeepSpeed has applied it already (its engine steps inside backward)"
-            if self.is_deepspeed_enabled
-            else "the optimizer has not applied it: the weights are those before this step"
-        )
-        raise FloatingPointError(
-            f"non-finite gradient norm ({float(grad_norm)}) at step {self.state.global_step + 1}: the backward pass "
-            f"produced NaN/inf gradients; {applied}"
-        )
+        step, deepspeed = self.state.global_step + 1, self.is_deepspeed_enabled
+        return check_grad_norm(grad_norm, step, deepspeed=deepspeed, loss_scaling=fp16_scaler)
 
     # ----------------------------------------------------------------------------------------------- run folder
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
@@ -508,13 +382,8 @@ class PGPOTrainer(GRPOTrainer):
         ckpt.load_checkpoint(self.model, self.state.best_model_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        try:
+        with ckpt.restoring_optimizer(checkpoint):
             super()._load_optimizer_and_scheduler(checkpoint)
-        except Exception as e:
-            files = f"{os.path.join(checkpoint, 'optimizer.pt')} / {os.path.join(checkpoint, 'scheduler.pt')}"
-            raise ckpt.CheckpointError(
-                f"checkpoint {checkpoint}: cannot restore the optimizer and schedule from {files}: {e}"
-            ) from e
         if checkpoint is None:
             return
         state = ckpt.read_pgpo_state(checkpoint) or {"grad_norm_stats": {}}  # None: warned, the statistics restart
@@ -523,10 +392,5 @@ class PGPOTrainer(GRPOTrainer):
             self._sampler.refill.load_state_dict(state["refill"])
 
     def _load_rng_state(self, checkpoint):
-        try:
+        with ckpt.restoring_rng(checkpoint, self.args.world_size, self.args.process_index):
             super()._load_rng_state(checkpoint)
-        except Exception as e:
-            name = "rng_state.pth" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}.pth"
-            raise ckpt.unreadable(
-                os.path.join(checkpoint, name), f"cannot be restored ({type(e).__name__}: {e})"
-            ) from e

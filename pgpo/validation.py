@@ -16,6 +16,8 @@
   that fails on its own; a result that is not one number (or ``None``) per completion, or a reward of +-inf, is an
   error naming the function and the sample; ``NaN`` rewards are returned as ``None`` (TRL's "unscorable": advantage
   0, counted in the ``rewards/unscorable_frac`` metric) instead of flowing into the advantages.
+* :func:`check_loss`, :func:`check_grad_norm` run at every step: a non-finite loss or gradient norm is a
+  ``FloatingPointError`` naming the step, raised before the optimizer applies it.
 """
 
 from __future__ import annotations
@@ -477,3 +479,30 @@ def _first_failing(func, prompts, completions, kwargs) -> str:
         except Exception:
             return f"batch position {i} ({_describe_at(i, prompts, kwargs)})"
     return "none alone (it fails only on the whole batch)"
+
+
+def check_loss(loss, step: int):
+    """``loss`` (a tensor) when finite; else ``FloatingPointError`` naming ``step`` (nothing is applied from it)."""
+    if not loss.isfinite().all():
+        raise FloatingPointError(
+            f"non-finite loss ({loss.item()}) at step {step}: the model produced NaN/inf "
+            "log-probabilities or the advantages are not finite; nothing was applied from this step"
+        )
+    return loss
+
+
+def check_grad_norm(grad_norm, step: int, *, deepspeed: bool, loss_scaling: bool):
+    """``grad_norm`` when ``None``, finite, or under fp16 ``loss_scaling`` (an inf/NaN gradient is then an expected
+    overflow, and the scaler skips that step); else ``FloatingPointError`` naming ``step`` and whether the optimizer
+    applied it (``deepspeed``: its engine steps inside backward)."""
+    if grad_norm is None or loss_scaling or math.isfinite(float(grad_norm)):
+        return grad_norm
+    applied = (
+        "DeepSpeed has applied it already (its engine steps inside backward)"
+        if deepspeed
+        else "the optimizer has not applied it: the weights are those before this step"
+    )
+    raise FloatingPointError(
+        f"non-finite gradient norm ({float(grad_norm)}) at step {step}: the backward pass "
+        f"produced NaN/inf gradients; {applied}"
+    )

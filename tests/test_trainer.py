@@ -14,6 +14,7 @@ from reference.trainers import final_params as _final_params
 from reference.trainers import max_diff as _max_diff
 
 from pgpo.config import ALGORITHM_PRESETS, PGPOConfig
+from pgpo.scoring import Scorer
 from pgpo.trainer import PGPOTrainer
 
 METRICS = [
@@ -90,16 +91,16 @@ def test_pgpo_with_unit_weights_equals_dapo(tmp_path):
 
 @pytest.fixture
 def image_passes(monkeypatch):
-    """Counts PGPO's own image-conditioned passes: _sampled_logps calls on batches without position_ids (the blind
-    batch of text_only_mode='mask' always has them)."""
+    """Counts PGPO's own image-conditioned passes: Scorer.sampled_logps calls on batches without position_ids (the
+    blind batch of text_only_mode='mask' always has them)."""
     calls = {"image": 0, "blind": 0}
-    original = PGPOTrainer._sampled_logps
+    original = Scorer.sampled_logps
 
     def counting(self, batch, logits_to_keep):
         calls["blind" if "position_ids" in batch else "image"] += 1
         return original(self, batch, logits_to_keep)
 
-    monkeypatch.setattr(PGPOTrainer, "_sampled_logps", counting)
+    monkeypatch.setattr(Scorer, "sampled_logps", counting)
     return calls
 
 

@@ -10,8 +10,9 @@ from reference.trainers import make_trainer
 from reference.trl_loss import trl_loss
 from trl import GRPOTrainer
 
+from pgpo.scoring import TRL_FORWARD_KEYS
 from pgpo.text_only import IMAGE_KEYS, PER_TOKEN_KEYS
-from pgpo.trainer import TRL_FORWARD_KEYS, PGPOTrainer
+from pgpo.trainer import PGPOTrainer
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
 """The one way pgpo's commands get a model: :func:`load_pgpo_model` (pgpo's own models, for ``train`` too) and
-:func:`load_model` (any model, for ``eval`` and ``inspect``)."""
+:func:`load_model` (any model, for ``eval`` and ``inspect``); and the reference model TRL builds for a policy passed as
+an instance (:func:`reference_is_a_copy`)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +160,28 @@ def load_model(name_or_path: str, device: str | None = None, dtype: Any = None, 
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load model {name_or_path!r}: {err}") from err
     return check_finite(model.to(device).eval(), name_or_path), processor
+
+
+@contextmanager
+def reference_is_a_copy(model, config, peft_config):
+    """A policy passed as a model instance gets a copy of itself as the reference model (``beta > 0``, no PEFT).
+
+    TRL rebuilds the reference from ``model.config._name_or_path`` (``create_model_from_path``, with transformers'
+    auto classes), which fails for a model built in memory (``tiny-qwen``, ``demo-vlm``) or one whose class
+    transformers does not know (pgpo's demo VLM: ``'PGPOVLMConfig' object has no attribute 'auto_map'``), and gives a
+    reference other than the policy for an instance changed after loading. The copy is the policy as passed."""
+    import torch
+    import trl.trainer.grpo_trainer as grpo
+
+    from pgpo.checkpoint import is_peft_model
+
+    instance = isinstance(model, torch.nn.Module) and not is_peft_model(model)
+    if not instance or not getattr(config, "beta", 0.0) or peft_config is not None:
+        yield
+        return
+    reference, build = copy.deepcopy(model), grpo.create_model_from_path
+    grpo.create_model_from_path = lambda *args, **kwargs: reference
+    try:
+        yield
+    finally:
+        grpo.create_model_from_path = build
