@@ -15,8 +15,9 @@ Two estimators (``dependency_estimator``):
   of ``chunk_size`` tokens, so the extra memory is bounded by one chunk (three ``chunk x V`` float32 buffers).
 
 Model level, for any Hugging Face VLM: :func:`score_batch` scores a processed prompt+completion batch (the image
-pass, the blind pass and the estimator, their options one :class:`BlindPass`); :func:`sampled_token_logps` is the log-prob of each sampled token with the
-LM head applied chunk by chunk on the backbone's hidden states, with the model's logit post-processing
+pass, the blind pass and the estimator, their options one :class:`BlindPass`; the trainer's passes go through TRL's
+kernel instead, :class:`pgpo.scoring.Scorer`); :func:`sampled_token_logps` is the log-prob of each sampled token with
+the LM head applied chunk by chunk on the backbone's hidden states, with the model's logit post-processing
 (``logit_scale`` and aliases, Gemma's softcap) as TRL's fused head applies it.
 
 Every pass that feeds ``S`` runs dropout-free (:func:`dropout_free`: eval mode for the pass, each module's previous mode

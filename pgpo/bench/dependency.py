@@ -1,13 +1,15 @@
 """The visual dependency alone: k3 vs the exact chunked KL vs a naive full-logits KL, at several completion lengths.
 
 All on the same processed batch (:func:`pgpo.bench.inputs.scored_batch`: image prompts plus ``length`` completion
-tokens), through pgpo's public entry point :func:`pgpo.dependency.score_batch`:
+tokens), through pgpo's public entry point :func:`pgpo.dependency.score_batch` with a
+:class:`pgpo.dependency.BlindPass` of each estimator (the paper's masked blind pass):
 
-* ``k3``: ``score_batch(estimator="k3", image_logps=...)``, what PGPO runs in the default configuration (``log pi_img``
-  comes from the training forward): the blind batch, one no-grad blind forward with the LM head applied chunk by
-  chunk to the sampled tokens only, and ``e^d - 1 - d`` on ``[B, T]``.
+* ``k3``: ``score_batch(model, batch, T, BlindPass("k3"), image_logps)``, what PGPO runs in the default configuration
+  (``log pi_img`` comes from the training forward): the blind batch, one no-grad blind forward with the LM head
+  applied chunk by chunk to the sampled tokens only, and ``e^d - 1 - d`` on ``[B, T]``.
 * ``k3_own_pass``: the same without ``image_logps`` (the image-conditioned forward as well: the ``own_pass`` source).
-* ``kl``: ``score_batch(estimator="kl")``, the exact full-vocabulary KL of Eq. 1 in chunks (both forwards).
+* ``kl``: ``score_batch(model, batch, T, BlindPass("kl"))``, the exact full-vocabulary KL of Eq. 1 in chunks (both
+  forwards).
 * ``kl_naive``: both forwards' full ``[B, T, V]`` logits, float32 ``log_softmax`` and the KL in one go; skipped
   where it would need more than ``naive_max_gib``.
 """

@@ -169,7 +169,7 @@ def dependency_table(result: dict) -> list[Table]:
             [str(r["length"]), str(r["tokens"]), *cells, "-" if diff is None else f"{diff:.1e}", _pct(r["stall"])]
         )
     table.caption = (
-        "k3 = score_batch(estimator='k3', image_logps=...) as in the default configuration (blind batch, blind "
+        "k3 = score_batch(..., BlindPass('k3'), image_logps) as in the default configuration (blind batch, blind "
         "forward, k3); k3_own_pass adds the image forward; kl = the exact chunked KL (both forwards); kl_naive = full "
         "[B, T, V] logits of both forwards, float32 log-softmax."
     )
