@@ -287,3 +287,22 @@ def test_a_config_as_typed_works_on_a_machine_without_a_bf16_gpu(tmp_path, monke
     monkeypatch.setattr("pgpo.config._bf16_gpu", lambda: False)
     assert PGPOConfig(output_dir=str(tmp_path)).bf16 is False
     assert PGPOConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is True  # asked for the CPU: TRL's default stands
+
+
+def test_one_lora_target_module_is_a_module_name(tmp_path, tiny_qwen):
+    """``--lora_target_modules q_proj`` failed: TRL passes one name as a string, PEFT full-matches it as a regex."""
+    import copy
+
+    from peft import get_peft_model
+
+    from pgpo.commands.train import peft_config
+
+    for targets, expected in [(["q_proj"], {"q_proj"}), (["q_proj", "v_proj"], {"q_proj", "v_proj"})]:
+        argv = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--use_peft", "true"]
+        config = peft_config(parse_args([*argv, "--lora_target_modules", *targets])[2])
+        assert set(config.target_modules) == expected
+        wrapped = get_peft_model(copy.deepcopy(tiny_qwen[0]), config)
+        names = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in wrapped.named_parameters() if ".lora_A" in n}
+        assert names == expected
+    regex = peft_config(parse_args([*argv, "--lora_target_modules", r".*\.q_proj"])[2])
+    assert regex.target_modules == r".*\.q_proj"  # a regex stays one

@@ -195,6 +195,21 @@ def _torch_dtype(name):
     return None if name in (None, "auto") else getattr(torch, name)
 
 
+def peft_config(model_args):
+    """TRL's LoRA config of ``model_args``, with one ``--lora_target_modules`` name kept a name: TRL turns a one-item
+    list into a string (for ``all-linear``), which PEFT reads as a regex the whole module path must match, so
+    ``--lora_target_modules q_proj`` found no module. A string with regex characters stays a regex."""
+    import re
+
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    targets = getattr(config, "target_modules", None)
+    if isinstance(targets, str) and targets != "all-linear" and re.fullmatch(r"[\w.]+", targets):
+        config.target_modules = {targets}
+    return config
+
+
 def check_output_folder(script_args, training_args, model_args) -> None:
     """The run-folder rule (:mod:`pgpo.run_folder`) before anything is loaded (the trainer applies it again, and
     writes the folder's marker, when training starts)."""
@@ -219,8 +234,6 @@ def check_output_folder(script_args, training_args, model_args) -> None:
 
 def build_trainer(script_args, training_args, model_args):
     """Model, processor, data, rewards and PEFT, then :class:`pgpo.trainer.PGPOTrainer`."""
-    from trl import get_peft_config
-
     from pgpo.trainer import PGPOTrainer
 
     if not model_args.model_name_or_path:
@@ -248,7 +261,7 @@ def build_trainer(script_args, training_args, model_args):
         args=training_args,
         train_dataset=dataset,
         processing_class=processing_class,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config(model_args),
     )
 
 
