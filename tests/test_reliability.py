@@ -290,16 +290,7 @@ def test_placeholders_without_an_image_column_and_empty_image_entries_name_the_r
 def test_a_read_only_output_dir_is_refused_before_the_model_is_built(tmp_path, processor, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    out.chmod(0o555)
-    if os.geteuid() == 0:  # root writes anyway: inject the EACCES a read-only folder gives
-        real_open = os.open
-
-        def read_only(path, *args, **kwargs):
-            if os.path.dirname(os.fspath(path)) == str(out):
-                raise PermissionError(13, "Permission denied", os.fspath(path))
-            return real_open(path, *args, **kwargs)
-
-        monkeypatch.setattr(os, "open", read_only)
+    read_only(monkeypatch, out)
     try:
         with pytest.raises(
             ValueError, match=rf"output_dir {out} is not writable \(PermissionError: Permission denied\)"
