@@ -195,12 +195,14 @@ def vision_token_strings(processor, model=None) -> list[str]:
     return sorted(found)
 
 
-# Families that train on fewer images per question than they can hold (docs/families.md), and why.
-MAX_IMAGES_PER_QUESTION = {"llava_onevision": 1}
-MAX_IMAGES_WHY = {
-    "llava_onevision": "TRL 1.16 does not pass the processor's batch_num_images to the model, so each image is cut as "
-    "a single-image anyres one and the forward fails with 'Image features and image tokens do not match'; split the "
-    "question into one image each, or use another family"
+# Families that train on fewer images per question than they can hold (docs/families.md): (at most, why).
+MAX_IMAGES_PER_QUESTION = {
+    "llava_onevision": (
+        1,
+        "TRL 1.16 does not pass the processor's batch_num_images to the model, so each image is cut as a single-image "
+        "anyres one and the forward fails with 'Image features and image tokens do not match'; split the question "
+        "into one image each, or use another family",
+    )
 }
 
 
@@ -212,14 +214,13 @@ class _ProcessorRules:
         image_processor = getattr(processor, "image_processor", None)
         self.patches = getattr(image_processor, "get_number_of_image_patches", None)
         self.name = type(image_processor).__name__
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        self.max_images = MAX_IMAGES_PER_QUESTION.get(model_type)
-        self.model_type = model_type
+        self.model_type = getattr(getattr(model, "config", None), "model_type", None)
+        self.max_images = MAX_IMAGES_PER_QUESTION.get(self.model_type)
 
     def count_error(self, n_images: int) -> str | None:
-        if self.max_images is None or n_images <= self.max_images:
+        if self.max_images is None or n_images <= self.max_images[0]:
             return None
-        limit, why = self.max_images, MAX_IMAGES_WHY[self.model_type]
+        limit, why = self.max_images
         return f"{n_images} images in one question: {self.model_type} trains on at most {limit} per question ({why})"
 
     def text_error(self, text: str) -> str | None:
