@@ -285,16 +285,18 @@ class PGPOConfig(GRPOConfig):
     def _check_save_schedule(self) -> None:
         """Checkpoints must fall between TRL's generation batches to be resumable exactly
         (:func:`pgpo.checkpoint.check_save_schedule`); a fraction of a length not known yet is checked at resume."""
-        if self.save_strategy != "steps" or self.save_only_model:
+        if self.save_strategy != "steps" or self.save_only_model or self.save_every() is None:
             return
-        save_steps = self.save_steps
-        if save_steps < 1:
-            if self.max_steps <= 0:
-                return
-            save_steps = math.ceil(self.max_steps * save_steps)
         check_save_schedule(
-            int(save_steps), self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations
+            self.save_every(), self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations
         )
+
+    def save_every(self) -> int | None:
+        """Optimizer steps between two checkpoints of ``save_strategy="steps"`` (a fractional ``save_steps`` is a share
+        of ``max_steps``); ``None`` while that length is not known."""
+        if self.save_steps >= 1:
+            return int(self.save_steps)
+        return math.ceil(self.max_steps * self.save_steps) if self.max_steps > 0 else None
 
     @property
     def shaping(self):

@@ -388,8 +388,7 @@ def _checkpoints_at_once(args) -> int:
         return 0
     if args.save_strategy != "steps" or args.max_steps <= 0:
         return 1  # their number is not known yet
-    every = args.save_steps if args.save_steps >= 1 else math.ceil(args.max_steps * args.save_steps)
-    saves = args.max_steps // int(every)
+    saves = args.max_steps // args.save_every()
     limit = args.save_total_limit
     return min(saves, limit + 1) if limit is not None and limit > 0 else saves
 
